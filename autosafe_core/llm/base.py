@@ -1,0 +1,76 @@
+"""The one interface every model backend implements: a batch of chat requests in,
+completions with token counts out.
+
+Like vLLM's `LLM.generate`, the surface is tiny; batching, queues, HTTP and grammars
+stay inside the backends. A backend never raises for one bad request: the failure
+goes into that request's `Completion.error`, so one broken call cannot sink a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    seed: int | None = None
+    ignore_eos: bool = Field(False, description="Benchmark mode: always generate max_tokens.")
+
+
+class ChatRequest(BaseModel):
+    """One chat call; `json_schema` asks the backend to constrain decoding to it."""
+
+    model_config = ConfigDict(frozen=True)
+    messages: tuple[Message, ...]
+    sampling: SamplingParams = SamplingParams()
+    json_schema: dict[str, Any] | None = None
+
+    def cache_key(self, model_id: str) -> str:
+        """Content address of (model id, messages, sampling, schema)."""
+        blob = json.dumps(
+            {"model": model_id, "request": self.model_dump(mode="json")},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Completion(BaseModel):
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    model_id: str = ""
+    cached: bool = False
+    error: str | None = Field(None, description="Why the call failed; text is then empty.")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ChatModel(ABC):
+    """An LLM engine behind one async batch call."""
+
+    model_id: str
+
+    @abstractmethod
+    async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        """One completion per request, in order; failures in `Completion.error`."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release engines, threads and connections."""

@@ -1,0 +1,50 @@
+"""A deterministic model double for unit tests and overhead benchmarks: never delivered.
+
+It answers each request with a function of the request (a `responder`), so tests can
+script any output, malformed ones included, and it records the calls and the peak
+number in flight, which is how the benchmarks see the concurrency a stage reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
+
+Responder = Callable[[ChatRequest], str | Completion]
+
+
+class ScriptedModel(ChatModel):
+    """Answers with `responder(request)`; counts calls and peak concurrency."""
+
+    def __init__(self, responder: Responder, model_id: str = "scripted", delay_s: float = 0.0):
+        self.model_id = model_id
+        self._responder = responder
+        self._delay_s = delay_s
+        self.calls: list[ChatRequest] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        self.calls.extend(requests)
+        self.in_flight += len(requests)
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            # Yield even when instant, so concurrent callers interleave as with a real engine.
+            await asyncio.sleep(self._delay_s)
+            return [self._answer(r) for r in requests]
+        finally:
+            self.in_flight -= len(requests)
+
+    def _answer(self, request: ChatRequest) -> Completion:
+        out = self._responder(request)
+        if isinstance(out, Completion):
+            return out.model_copy(update={"model_id": out.model_id or self.model_id})
+        prompt_tokens = sum(len(m.content.split()) for m in request.messages)
+        return Completion(
+            text=out,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=max(1, len(out.split())),
+            model_id=self.model_id,
+        )
