@@ -136,6 +136,18 @@ class Toolkit(BaseModel):
         return None
 
 
+class OtsCell(Record):
+    """One cell of the OTS grid: which tools, which outcome, which source of risk."""
+
+    toolkits: list[str] = Field(min_length=1)
+    risk_outcome: str
+    risk_source: RiskSource
+
+    @property
+    def id(self) -> str:
+        return stable_id(sorted(self.toolkits), self.risk_outcome, self.risk_source.value)
+
+
 # --- what happens in an episode ----------------------------------------------------
 
 

@@ -1,0 +1,130 @@
+"""What every role shares: a versioned prompt, an output schema, parse and repair.
+
+A role turns inputs into chat messages (its prompt file), asks a model for JSON that
+fits its pydantic output schema, and parses the answer. Parsing never raises: a
+result either carries a validated value, or a rejection reason and the raw text.
+Repairs are limited to what cannot change meaning: code fences, text around the JSON
+object, unbalanced brackets or quotes from a cut-off answer (json-repair), and
+enum spellings (the schema's own validators).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+import jinja2
+import json_repair
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from autosafe_core.llm.base import ChatModel, ChatRequest, Completion, Message, SamplingParams
+from autosafe_core.ots import Usage
+
+T = TypeVar("T", bound=BaseModel)
+
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One role's template: `prompts/<name>.yaml` with `version`, `system` and `user`."""
+
+    name: str
+    version: str
+    system: str
+    user: str
+
+    def render(self, **context: Any) -> tuple[Message, ...]:
+        return (
+            Message(role="system", content=_JINJA.from_string(self.system).render(**context).strip()),
+            Message(role="user", content=_JINJA.from_string(self.user).render(**context).strip()),
+        )
+
+
+@cache
+def load_prompt(name: str) -> Prompt:
+    """The packaged prompt `name` (e.g. "agent")."""
+    text = resources.files("autosafe_core.prompts").joinpath(f"{name}.yaml").read_text()
+    data = yaml.safe_load(text)
+    return Prompt(name=name, version=str(data["version"]), system=data["system"], user=data["user"])
+
+
+@dataclass
+class RoleResult(Generic[T]):
+    """A parsed output, or why there is none. `usage` counts the call either way."""
+
+    value: T | None
+    raw: str = ""
+    reason: str | None = None
+    repaired: bool = False
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+def _json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
+    """The JSON object in `text`, and whether it needed repair."""
+    stripped = text.strip()
+    try:
+        data = json.loads(stripped)
+        return (data if isinstance(data, dict) else None), False
+    except json.JSONDecodeError:
+        pass
+    start = stripped.find("{")
+    if start < 0:
+        return None, False
+    repaired = json_repair.loads(stripped[start:])
+    return (repaired if isinstance(repaired, dict) and repaired else None), True
+
+
+def parse_output(text: str, schema: type[T]) -> tuple[T | None, str | None, bool]:
+    """(value, rejection reason, repaired): never raises."""
+    if not text.strip():
+        return None, "empty output", False
+    data, repaired = _json_object(text)
+    if data is None:
+        return None, "no JSON object in output", repaired
+    try:
+        return schema.model_validate(data), None, repaired
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        return None, f"schema violation at {where}: {first['msg']}", repaired
+
+
+def result_from_completion(completion: Completion, schema: type[T]) -> RoleResult[T]:
+    usage = Usage(calls=1, prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens)
+    if completion.error is not None:
+        return RoleResult(None, raw="", reason=f"model error: {completion.error}", usage=usage)
+    value, reason, repaired = parse_output(completion.text, schema)
+    if value is None and completion.finish_reason == "length":
+        reason = f"{reason} (output cut at max_tokens)"
+    return RoleResult(value, raw=completion.text, reason=reason, repaired=repaired, usage=usage)
+
+
+def output_json_schema(schema: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema sent to backends for constrained decoding."""
+    return schema.model_json_schema()
+
+
+async def ask(
+    model: ChatModel,
+    prompt: Prompt,
+    schema: type[T],
+    sampling: SamplingParams,
+    **context: Any,
+) -> RoleResult[T]:
+    """Render `prompt`, call `model` once with `schema` as the decoding constraint, parse."""
+    request = ChatRequest(
+        messages=prompt.render(**context),
+        sampling=sampling,
+        json_schema=output_json_schema(schema),
+    )
+    (completion,) = await model.complete([request])
+    return result_from_completion(completion, schema)

@@ -1,0 +1,24 @@
+"""The `autosafe` command: one entry point over the flows and the catalog.
+
+User mistakes (bad config, bad input files) end in one line on stderr naming what was
+wrong, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from flows.catalog_cli import catalog_app
+from flows.model_cli import model_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(catalog_app, name="catalog", help="Inspect and validate toolkits and risk outcomes.")
+app.add_typer(model_app, name="model", help="Fetch and inspect the embedded default model.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
