@@ -1,0 +1,185 @@
+"""Shared LLM engines: one engine per distinct model spec, reached by every shard task.
+
+An engine is a `ChatModel` built from a `ModelSpec`. On Ray it lives in a named async
+actor (one per replica: a GPU or a tensor-parallel group on a cluster, one on a
+laptop), so the calls of all shards on all nodes land in one continuously batching
+engine. Without Ray (the thread runner) it lives in this process on its own event
+loop thread. Either way a task gets an `EngineClient`, which is itself a `ChatModel`,
+so the core stages never know where the engine runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+from pydantic import BaseModel
+
+from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
+from autosafe_core.llm.registry import ModelSpec, build_model
+
+NAMESPACE = "autosafe"
+
+
+class EngineRef(BaseModel):
+    """How to reach one engine: where it runs, its replicas' actor names, its spec."""
+
+    placement: Literal["ray", "local"]
+    spec: ModelSpec
+    actor_names: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model
+
+
+def engine_name(spec: ModelSpec, replica: int) -> str:
+    digest = hashlib.sha256(spec.key.encode()).hexdigest()[:12]
+    return f"engine-{digest}-{replica}"
+
+
+# --- in-process engines (thread runner) ---------------------------------------------
+
+
+class _LocalEngine:
+    """A model on a private event loop thread, callable from any thread's loop."""
+
+    def __init__(self, spec: ModelSpec):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="autosafe-engine", daemon=True)
+        self._thread.start()
+        self.model = build_model(spec)
+
+    async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        future = asyncio.run_coroutine_threadsafe(self.model.complete(requests), self.loop)
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.model.aclose(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+
+
+_LOCAL: dict[str, _LocalEngine] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _local_engine(spec: ModelSpec) -> _LocalEngine:
+    with _LOCAL_LOCK:
+        if spec.key not in _LOCAL:
+            _LOCAL[spec.key] = _LocalEngine(spec)
+        return _LOCAL[spec.key]
+
+
+# --- Ray actors -----------------------------------------------------------------------
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(max_concurrency=10_000)
+    class EngineActor:
+        """Hosts one engine; async methods, so thousands of calls share its batches."""
+
+        def __init__(self, spec_json: str):
+            self.model = build_model(ModelSpec.model_validate_json(spec_json))
+
+        async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+            return await self.model.complete(requests)
+
+        async def stats(self) -> dict:
+            return {
+                key: getattr(self.model, key)
+                for key in ("hits", "misses", "batches_run", "peak_in_flight")
+                if hasattr(self.model, key)
+            }
+
+        async def close(self) -> None:
+            await self.model.aclose()
+
+    return EngineActor
+
+
+class EngineClient(ChatModel):
+    """The `ChatModel` a task uses: forwards batches to the engine, round-robin over replicas."""
+
+    def __init__(self, ref: EngineRef):
+        self.ref = ref
+        self.model_id = ref.model_id
+        if ref.placement == "ray":
+            import ray
+
+            self._actors = [ray.get_actor(name, namespace=NAMESPACE) for name in ref.actor_names]
+            self._next = itertools.cycle(range(len(self._actors)))
+        else:
+            self._local = _local_engine(ref.spec)
+
+    async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        if self.ref.placement == "local":
+            return await self._local.complete(requests)
+        return await self._actors[next(self._next)].complete.remote(requests)
+
+
+def _resources(spec: ModelSpec) -> dict:
+    gpus = float(spec.options.get("num_gpus", spec.options.get("tensor_parallel_size", 0)))
+    return {"num_cpus": 0, "num_gpus": gpus}
+
+
+@contextmanager
+def engines(
+    specs: dict[str, ModelSpec], placement: Literal["ray", "local"], replicas: int = 1
+) -> Iterator[dict[str, EngineRef]]:
+    """Engines for each role (roles with equal specs share one), stopped on exit.
+
+    On Ray, an engine whose named actors already exist (a long-lived deployment, or
+    one the enclosing flow started) is attached to and left running on exit.
+    """
+    refs: dict[str, EngineRef] = {}
+    started: list = []
+    by_key: dict[str, EngineRef] = {}
+    try:
+        for role, spec in specs.items():
+            if spec.key not in by_key:
+                by_key[spec.key] = _start(spec, placement, replicas, started)
+            refs[role] = by_key[spec.key]
+        yield refs
+    finally:
+        _stop(started)
+
+
+def _start(spec: ModelSpec, placement: str, replicas: int, started: list) -> EngineRef:
+    if placement == "local":
+        _local_engine(spec)
+        return EngineRef(placement="local", spec=spec)
+    import ray
+
+    actor_cls = _actor_class()
+    names = []
+    for replica in range(replicas):
+        name = engine_name(spec, replica)
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            actor = actor_cls.options(name=name, namespace=NAMESPACE, **_resources(spec)).remote(
+                spec.model_dump_json()
+            )
+            started.append(actor)
+        names.append(name)
+    # Wait for construction so a model that fails to load fails the run here, once.
+    ray.get([a.stats.remote() for a in started])
+    return EngineRef(placement="ray", spec=spec, actor_names=names)
+
+
+def _stop(started: list) -> None:
+    if not started:
+        return
+    import ray
+
+    ray.get([a.close.remote() for a in started])
+    for actor in started:
+        ray.kill(actor)
