@@ -1,0 +1,114 @@
+"""The typed parameters of a factory run: validated once, at the edge, then passed down.
+
+Every field has a description and a default, so the same model drives the CLI's
+`--config FILE`, the flows' signatures and the Prefect UI's run form. Values that name
+catalog entries (toolkits, risk outcomes) are checked against the catalog in
+`check_against`, which names the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from autosafe_core.llm.registry import ModelSpec
+from autosafe_core.ots import RiskSource
+from autosafe_core.stages.dedup import DedupConfig
+from autosafe_core.stages.generate import GenerateConfig
+from autosafe_core.stages.rollout import RolloutConfig
+from autosafe_core.stages.safe_actions import SafeActionConfig
+from autosafe_core.store.location import StorageConfig
+
+ROLES = ("generator", "agent", "simulator", "evaluator", "reflector")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+
+
+class ModelsConfig(BaseModel):
+    """One model spec per role; a role left unset uses `default`."""
+
+    model_config = ConfigDict(extra="forbid")
+    default: ModelSpec = Field(default_factory=ModelSpec, description="Engine for every role not set below.")
+    generator: ModelSpec | None = Field(None, description="Writes risk scenarios.")
+    agent: ModelSpec | None = Field(None, description="The agent under training.")
+    simulator: ModelSpec | None = Field(None, description="Emulates tool observations.")
+    evaluator: ModelSpec | None = Field(None, description="Judges the safety of actions.")
+    reflector: ModelSpec | None = Field(None, description="Critiques unsafe actions and re-drafts them.")
+
+    def for_role(self, role: str) -> ModelSpec:
+        return getattr(self, role) or self.default
+
+    def by_role(self) -> dict[str, ModelSpec]:
+        return {role: self.for_role(role) for role in ROLES}
+
+
+class FactoryConfig(BaseModel):
+    """Everything a factory run needs; defaults are the embedded default (laptop, SmolLM2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(default_factory=new_run_id, description="Re-using a run id resumes that run.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where every table goes.")
+    scenarios: int = Field(6, ge=1, le=10_000_000, description="Number of risk scenarios to generate.")
+    toolkits: list[str] = Field(default_factory=list, description="Toolkit names; empty means all.")
+    risk_outcomes: list[str] = Field(default_factory=list, description="Risk outcome ids; empty means all.")
+    risk_sources: list[RiskSource] = Field(default_factory=list, description="Risk sources; empty means all.")
+    toolkits_per_cell: int = Field(1, ge=1, le=4, description="Toolkits combined in one scenario.")
+    shard_size: int = Field(25, ge=1, le=100_000, description="Scenarios per shard (Prefect's unit of work).")
+    concurrency: int = Field(64, ge=1, le=100_000, description="Model calls in flight per shard.")
+    runner: Literal["ray", "threads"] = Field("ray", description="Task runner for shards.")
+    ray_address: str | None = Field(None, description="An existing Ray cluster; none starts a local Ray.")
+    engine_replicas: int = Field(1, ge=1, description="Engine replicas per distinct model (one per GPU).")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model per role.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Stage 1 settings.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Stage 2 settings.")
+    safe_actions: SafeActionConfig = Field(default_factory=SafeActionConfig, description="Stage 3 settings.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Dataset dedup settings.")
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="Train, validation, test fractions.")
+    finetune: bool = Field(True, description="Run the fine-tune flow after the dataset (when available).")
+    evaluate: bool = Field(True, description="Run the evaluate flow after fine-tuning (when available).")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_shape(cls, v: str) -> str:
+        if not _RUN_ID.match(v):
+            raise ValueError("letters, digits, '.', '_' and '-' only, 1-64 characters")
+        return v
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("fractions must be non-negative and sum to 1")
+        return v
+
+    def check_against(self, catalog) -> None:
+        """Raise ValueError naming the field when a name is not in the catalog."""
+        for i, name in enumerate(self.toolkits):
+            if name not in catalog.toolkits:
+                raise ValueError(f"toolkits[{i}]: unknown toolkit {name!r}")
+        for i, name in enumerate(self.risk_outcomes):
+            if name not in catalog.outcomes:
+                raise ValueError(f"risk_outcomes[{i}]: unknown risk outcome {name!r}")
+
+    def shard_ids(self) -> list[str]:
+        count = -(-self.scenarios // self.shard_size)
+        return [f"{i:05d}" for i in range(count)]
+
+
+def load_config_file(path: Path) -> dict:
+    """The mapping in a YAML or JSON config file (validated by the caller)."""
+    data = yaml.safe_load(path.read_text())
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    return data
