@@ -28,6 +28,7 @@ from autosafe_core.ots import RiskOutcome, Toolkit
 
 CatalogPath = str | os.PathLike | Traversable
 _TOOLKIT_KEYS = frozenset({"toolkit", "tools", "name_for_model"})
+_UNREADABLE = object()  # not None: a file holding `null` is read, then refused for its shape
 
 
 class CatalogError(ValueError):
@@ -63,7 +64,9 @@ def validate_path(path: CatalogPath) -> list[str]:
     return list(read_catalog_files([path]).errors)
 
 
-def load_catalog(toolkit_paths: CatalogPath | Iterable[CatalogPath], outcomes_path: CatalogPath | None = None) -> Catalog:
+def load_catalog(
+    toolkit_paths: CatalogPath | Iterable[CatalogPath], outcomes_path: CatalogPath | None = None
+) -> Catalog:
     """A catalog of the toolkits (and risk maps) in `toolkit_paths` and the outcomes in `outcomes_path`.
 
     Without `outcomes_path`, a taxonomy among `toolkit_paths` is used, else the packaged one.
@@ -93,7 +96,7 @@ def read_catalog_files(paths: Iterable[CatalogPath]) -> CatalogFiles:
     for path in paths:
         for name, node in _json_files(path, reading.errors):
             data = _parse(name, node, reading.errors)
-            if data is not None:
+            if data is not _UNREADABLE:
                 reading.add(name, data)
     return reading.finish()
 
@@ -129,12 +132,12 @@ def _parse(name: str, node: Traversable, errors: list[str]) -> Any:
         text = node.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         errors.append(f"{name}: cannot read: {e}")
-        return None
+        return _UNREADABLE
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         errors.append(f"{name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
-        return None
+        return _UNREADABLE
 
 
 # --- validating and cross-checking -----------------------------------------------------
@@ -174,7 +177,8 @@ class _Reading:
                 continue
             self._check_tool_names(name, label, kit)
             if kit.toolkit in self.toolkits:
-                self.errors.append(f"{name}: {label}: duplicate toolkit name, {self._also_in(name, self.toolkits[kit.toolkit][0])}")
+                where = self._also_in(name, self.toolkits[kit.toolkit][0])
+                self.errors.append(f"{name}: {label}: duplicate toolkit name, {where}")
                 continue
             if kit.name_for_model in self.model_names:
                 other = self.model_names[kit.name_for_model]
@@ -191,7 +195,8 @@ class _Reading:
         for j, tool in enumerate(kit.tools):
             k = first.setdefault(tool.name, j)
             if k != j:
-                self.errors.append(f"{name}: {label} tool {tool.name!r}: duplicate tool name (tools[{k}] and tools[{j}])")
+                where = f"tools[{k}] and tools[{j}]"
+                self.errors.append(f"{name}: {label} tool {tool.name!r}: duplicate tool name ({where})")
 
     def _add_outcomes(self, name: str, items: list[Any]) -> None:
         for i, raw in enumerate(items):
@@ -200,18 +205,22 @@ class _Reading:
             if outcome is None:
                 continue
             if outcome.id in self.outcomes:
-                self.errors.append(f"{name}: {label}: duplicate outcome id, {self._also_in(name, self.outcomes[outcome.id][0])}")
+                where = self._also_in(name, self.outcomes[outcome.id][0])
+                self.errors.append(f"{name}: {label}: duplicate outcome id, {where}")
                 continue
             self.outcomes[outcome.id] = (name, outcome)
             self._claim_spellings(name, label, outcome)
 
     def _claim_spellings(self, name: str, label: str, outcome: RiskOutcome) -> None:
-        for spelling in outcome_spellings(outcome):
+        """Every spelling must name one outcome only, or normalising free text would be ambiguous."""
+        kinds = ["id", "name"] + ["alias"] * len(outcome.aliases)
+        for kind, spelling in zip(kinds, outcome_spellings(outcome), strict=True):
             key = outcome_key(spelling)
             if not key:
-                self.errors.append(f"{name}: {label} alias {spelling!r}: has no letters or digits")
+                self.errors.append(f"{name}: {label} {kind} {spelling!r}: has no letters or digits")
             elif self.outcome_keys.setdefault(key, outcome.id) != outcome.id:
-                self.errors.append(f"{name}: {label} alias {spelling!r}: already names outcome {self.outcome_keys[key]!r}")
+                other = self.outcome_keys[key]
+                self.errors.append(f"{name}: {label} {kind} {spelling!r}: already names outcome {other!r}")
 
     def _add_risk_map(self, name: str, data: dict[str, Any]) -> None:
         risks: dict[str, list[str]] = {}

@@ -65,6 +65,10 @@ class Catalog:
                 keys.setdefault(outcome_key(spelling), outcome.id)
         object.__setattr__(self, "_outcome_keys", MappingProxyType(keys))
 
+    def __reduce__(self):
+        # Mapping proxies do not pickle; a catalog must, to travel to Ray workers.
+        return (Catalog, (dict(self.toolkits), dict(self.outcomes)))
+
     @classmethod
     def from_items(cls, toolkits: Iterable[Toolkit], outcomes: Iterable[RiskOutcome]) -> Catalog:
         """A catalog of these toolkits and outcomes; ValueError on a repeated name or id."""
@@ -82,7 +86,8 @@ class Catalog:
         try:
             return self.toolkits[name]
         except KeyError:
-            raise UnknownName(f"unknown toolkit {name!r}; the catalog has: {', '.join(sorted(self.toolkits))}") from None
+            known = ", ".join(sorted(self.toolkits))
+            raise UnknownName(f"unknown toolkit {name!r}; the catalog has: {known}") from None
 
     def outcome(self, outcome_id: str) -> RiskOutcome:
         try:
