@@ -6,14 +6,21 @@ wrong, and exit status 2; never a traceback.
 
 from __future__ import annotations
 
-import typer
+import os
 
-from flows.catalog_cli import catalog_app
-from flows.model_cli import model_app
+# Prefect's own INFO lines would drown the progress bars; they still reach the Prefect API.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import typer  # noqa: E402
+
+from flows import run_cli  # noqa: E402
+from flows.catalog_cli import catalog_app  # noqa: E402
+from flows.model_cli import model_app  # noqa: E402
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(catalog_app, name="catalog", help="Inspect and validate toolkits and risk outcomes.")
 app.add_typer(model_app, name="model", help="Fetch and inspect the embedded default model.")
+run_cli.register(app)
 
 
 def main() -> None:

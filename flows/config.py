@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autosafe_core.llm.registry import ModelSpec
 from autosafe_core.ots import RiskSource
-from autosafe_core.stages.dedup import DedupConfig
 from autosafe_core.stages.generate import GenerateConfig
 from autosafe_core.stages.rollout import RolloutConfig
 from autosafe_core.stages.safe_actions import SafeActionConfig
 from autosafe_core.store.location import StorageConfig
+from tasks.dataset import DatasetConfig
+from tasks.generate import Grid
 
 ROLES = ("generator", "agent", "simulator", "evaluator", "reflector")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -71,8 +72,7 @@ class FactoryConfig(BaseModel):
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Stage 1 settings.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Stage 2 settings.")
     safe_actions: SafeActionConfig = Field(default_factory=SafeActionConfig, description="Stage 3 settings.")
-    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Dataset dedup settings.")
-    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="Train, validation, test fractions.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Quality filter, dedup, split.")
     finetune: bool = Field(True, description="Run the fine-tune flow after the dataset (when available).")
     evaluate: bool = Field(True, description="Run the evaluate flow after fine-tuning (when available).")
 
@@ -81,13 +81,6 @@ class FactoryConfig(BaseModel):
     def _run_id_shape(cls, v: str) -> str:
         if not _RUN_ID.match(v):
             raise ValueError("letters, digits, '.', '_' and '-' only, 1-64 characters")
-        return v
-
-    @field_validator("split")
-    @classmethod
-    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError("fractions must be non-negative and sum to 1")
         return v
 
     def check_against(self, catalog) -> None:
@@ -99,9 +92,40 @@ class FactoryConfig(BaseModel):
             if name not in catalog.outcomes:
                 raise ValueError(f"risk_outcomes[{i}]: unknown risk outcome {name!r}")
 
-    def shard_ids(self) -> list[str]:
+    def shards(self) -> list[tuple[str, int, int]]:
+        """(shard id, first scenario, end) of every shard: the same on every re-run."""
         count = -(-self.scenarios // self.shard_size)
-        return [f"{i:05d}" for i in range(count)]
+        return [
+            (f"{i:05d}", i * self.shard_size, min(self.scenarios, (i + 1) * self.shard_size)) for i in range(count)
+        ]
+
+    def grid(self) -> Grid:
+        return Grid(
+            toolkits=self.toolkits,
+            risk_outcomes=self.risk_outcomes,
+            risk_sources=self.risk_sources,
+            toolkits_per_cell=self.toolkits_per_cell,
+        )
+
+    def content(self) -> dict:
+        """The settings that decide what the run's rows are (not where or how fast): the
+        run's config hash is of these, so resuming with other storage or runners is fine."""
+        data = self.model_dump(mode="json", exclude=_NOT_CONTENT)
+        for section in ("generate", "rollout", "safe_actions"):
+            data[section].pop("concurrency", None)
+        return data
+
+    def stage_configs(self) -> tuple[GenerateConfig, RolloutConfig, SafeActionConfig]:
+        """The stage settings, with the run's concurrency per shard."""
+        update = {"concurrency": self.concurrency}
+        return (
+            self.generate.model_copy(update=update),
+            self.rollout.model_copy(update=update),
+            self.safe_actions.model_copy(update=update),
+        )
+
+
+_NOT_CONTENT = {"run_id", "storage", "runner", "ray_address", "engine_replicas", "concurrency", "finetune", "evaluate"}
 
 
 def load_config_file(path: Path) -> dict:

@@ -11,8 +11,10 @@ so the core stages never know where the engine runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,17 +89,19 @@ def _actor_class():
         """Hosts one engine; async methods, so thousands of calls share its batches."""
 
         def __init__(self, spec_json: str):
-            self.model = build_model(ModelSpec.model_validate_json(spec_json))
+            spec = ModelSpec.model_validate_json(spec_json)
+            if spec.backend == "transformers":
+                # Ray gives a 0-CPU actor one math thread; a CPU model wants the machine's.
+                import torch
+
+                torch.set_num_threads(int(spec.options.get("cpu_threads") or os.cpu_count() or 1))
+            self.model = build_model(spec)
 
         async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
             return await self.model.complete(requests)
 
-        async def stats(self) -> dict:
-            return {
-                key: getattr(self.model, key)
-                for key in ("hits", "misses", "batches_run", "peak_in_flight")
-                if hasattr(self.model, key)
-            }
+        async def stats(self) -> dict[str, int]:
+            return model_stats(self.model)
 
         async def close(self) -> None:
             await self.model.aclose()
@@ -105,12 +109,40 @@ def _actor_class():
     return EngineActor
 
 
+_COUNTERS = ("hits", "misses", "batches_run", "peak_in_flight", "call_count")
+
+
+def model_stats(model: ChatModel) -> dict[str, int]:
+    """What an engine counted, through its wrappers: cache hits and misses, batches, the
+    backend's calls, retries and errors."""
+    out: dict[str, int] = {}
+    layer = model
+    while layer is not None:
+        for key in _COUNTERS:
+            value = getattr(layer, key, None)
+            if isinstance(value, int):
+                out[key] = out.get(key, 0) + value
+        stats = getattr(layer, "stats", None)
+        if dataclasses.is_dataclass(stats):
+            for key, value in dataclasses.asdict(stats).items():
+                out[key] = out.get(key, 0) + int(value)
+        layer = getattr(layer, "inner", None)
+    return out
+
+
 class EngineClient(ChatModel):
-    """The `ChatModel` a task uses: forwards batches to the engine, round-robin over replicas."""
+    """The `ChatModel` a task uses: forwards batches to the engine, round-robin over replicas.
+
+    On Ray, the calls a task's coroutines make in one turn of its event loop go to the
+    actor as one batch (one remote call), so the cost of a Ray round trip is shared by
+    up to the stage's concurrency of model calls.
+    """
 
     def __init__(self, ref: EngineRef):
         self.ref = ref
         self.model_id = ref.model_id
+        self._pending: list[tuple[list[ChatRequest], asyncio.Future]] = []
+        self._sending: set[asyncio.Task] = set()
         if ref.placement == "ray":
             import ray
 
@@ -122,7 +154,46 @@ class EngineClient(ChatModel):
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         if self.ref.placement == "local":
             return await self._local.complete(requests)
-        return await self._actors[next(self._next)].complete.remote(requests)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            # Runs after every coroutine already woken in this turn has had its say.
+            loop.call_soon(self._flush)
+        self._pending.append((requests, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[ChatRequest], asyncio.Future]]) -> None:
+        flat = [request for requests, _ in batch for request in requests]
+        try:
+            completions = await self._actors[next(self._next)].complete.remote(flat)
+        except BaseException as exc:  # the engine died: every caller of the batch hears why
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for requests, future in batch:
+            if not future.done():
+                future.set_result(completions[start : start + len(requests)])
+            start += len(requests)
+
+    async def stats(self) -> dict[str, int]:
+        """The engine's counters, summed over its replicas."""
+        if self.ref.placement == "local":
+            return model_stats(self._local.model)
+        out: dict[str, int] = {}
+        for actor in self._actors:
+            for key, value in (await actor.stats.remote()).items():
+                out[key] = max(out.get(key, 0), value) if key == "peak_in_flight" else out.get(key, 0) + value
+        return out
 
 
 def _resources(spec: ModelSpec) -> dict:
@@ -154,7 +225,11 @@ def engines(
 
 def _start(spec: ModelSpec, placement: str, replicas: int, started: list) -> EngineRef:
     if placement == "local":
+        with _LOCAL_LOCK:
+            fresh = spec.key not in _LOCAL
         _local_engine(spec)
+        if fresh:
+            started.append(spec.key)
         return EngineRef(placement="local", spec=spec)
     import ray
 
@@ -171,15 +246,42 @@ def _start(spec: ModelSpec, placement: str, replicas: int, started: list) -> Eng
             started.append(actor)
         names.append(name)
     # Wait for construction so a model that fails to load fails the run here, once.
-    ray.get([a.stats.remote() for a in started])
+    ray.get([a.stats.remote() for a in started if not isinstance(a, str)])
     return EngineRef(placement="ray", spec=spec, actor_names=names)
 
 
 def _stop(started: list) -> None:
-    if not started:
+    actors = [a for a in started if not isinstance(a, str)]
+    for key in (k for k in started if isinstance(k, str)):
+        with _LOCAL_LOCK:
+            engine = _LOCAL.pop(key, None)
+        if engine is not None:
+            engine.close()
+    if not actors:
         return
     import ray
 
-    ray.get([a.close.remote() for a in started])
-    for actor in started:
+    ray.get([a.close.remote() for a in actors])
+    for actor in actors:
         ray.kill(actor)
+
+
+def engine_stats(refs: dict[str, EngineRef]) -> dict[str, dict[str, int]]:
+    """Each distinct engine's counters (cache hits, retries, errors...), by the roles it serves."""
+    by_key: dict[str, tuple[EngineRef, list[str]]] = {}
+    for role, ref in refs.items():
+        by_key.setdefault(ref.spec.key, (ref, []))[1].append(role)
+    out = {}
+    for ref, roles in by_key.values():
+        if ref.placement == "local":
+            stats = model_stats(_local_engine(ref.spec).model)
+        else:
+            import ray
+
+            stats = {}
+            actors = [ray.get_actor(name, namespace=NAMESPACE) for name in ref.actor_names]
+            for replica in ray.get([a.stats.remote() for a in actors]):
+                for key, value in replica.items():
+                    stats[key] = max(stats.get(key, 0), value) if key == "peak_in_flight" else stats.get(key, 0) + value
+        out["+".join(sorted(roles))] = stats
+    return out

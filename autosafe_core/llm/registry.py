@@ -64,7 +64,7 @@ def build_model(spec: ModelSpec) -> ChatModel:
     """A ready engine for `spec`, wrapped in the response cache when `cache_dir` is set."""
     cls = _import(_BACKENDS[spec.backend])
     if spec.backend == "scripted":
-        model: ChatModel = cls(_import(spec.model), model_id=spec.model)
+        model: ChatModel = cls(_import(spec.model), model_id=spec.model, **spec.options)
     else:
         model = cls.from_spec(spec)
     if spec.cache_dir is not None:

@@ -18,16 +18,23 @@ Responder = Callable[[ChatRequest], str | Completion]
 class ScriptedModel(ChatModel):
     """Answers with `responder(request)`; counts calls and peak concurrency."""
 
-    def __init__(self, responder: Responder, model_id: str = "scripted", delay_s: float = 0.0):
+    def __init__(
+        self, responder: Responder, model_id: str = "scripted", delay_s: float = 0.0, keep_calls: bool = True
+    ):
+        """keep_calls: keep every request in `calls` (tests inspect them; benchmarks turn it off)."""
         self.model_id = model_id
         self._responder = responder
         self._delay_s = delay_s
+        self._keep_calls = keep_calls
         self.calls: list[ChatRequest] = []
+        self.call_count = 0
         self.in_flight = 0
         self.peak_in_flight = 0
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
-        self.calls.extend(requests)
+        self.call_count += len(requests)
+        if self._keep_calls:
+            self.calls.extend(requests)
         self.in_flight += len(requests)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:

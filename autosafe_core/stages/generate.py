@@ -87,6 +87,18 @@ def _cells_of(combo: list[str], outcome_ids: list[str], sources: list[RiskSource
     ]
 
 
+def scenario_jobs(cells: Sequence[OtsCell], start: int, stop: int) -> list[tuple[OtsCell, int]]:
+    """Scenarios `start` to `stop` of a run over `cells`: the cells in turn, then again with the next index.
+
+    Scenario i is (cells[i mod n], i div n), so N scenarios cover min(N, n) cells evenly,
+    and any slice of the run (a shard) is known without listing the rest.
+    """
+    if not cells:
+        raise ValueError("cells: the OTS grid is empty")
+    n = len(cells)
+    return [(cells[i % n], i // n) for i in range(start, stop)]
+
+
 def scenario_id(cell: OtsCell, index: int, seed: int) -> str:
     """The id of scenario `index` of `cell` under `seed`."""
     return stable_id("scenario", cell.id, index, seed)
@@ -100,8 +112,19 @@ async def generate_scenarios(
 ) -> StageResult[Scenario]:
     """`cfg.scenarios_per_cell` scenarios for each cell; every rejected answer is a rejection row."""
     cfg = cfg or GenerateConfig()
-    books = Books(STAGE, {generator.ROLE: (generator.prompt().version, model)})
     jobs = [(cell, index) for cell in cells for index in range(cfg.scenarios_per_cell)]
+    return await generate_jobs(jobs, model, catalog, cfg)
+
+
+async def generate_jobs(
+    jobs: Sequence[tuple[OtsCell, int]],
+    model: ChatModel,
+    catalog: CatalogLike,
+    cfg: GenerateConfig | None = None,
+) -> StageResult[Scenario]:
+    """Scenario `index` of `cell` for each (cell, index) job, e.g. one shard of `scenario_jobs`."""
+    cfg = cfg or GenerateConfig()
+    books = Books(STAGE, {generator.ROLE: (generator.prompt().version, model)})
 
     async def one(job: tuple[OtsCell, int]) -> Scenario | None:
         cell, index = job

@@ -1,0 +1,201 @@
+"""The shard pipeline that every data flow runs: plan shards, start engines, submit one
+task per (stage, shard) with each shard's stages chained, follow progress, sum up.
+
+Shards flow through the stages independently: the rollout of shard 3 starts when its
+scenarios are committed, not when every shard's are. Committed shards are skipped
+before anything is submitted, so re-running a finished run submits nothing. A shard
+that fails after its task's retries is reported and the others go on; re-running the
+run id redoes exactly the failed shards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from prefect import get_run_logger
+from prefect.futures import PrefectFuture, as_completed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from autosafe_core.roles import prompt_versions
+from autosafe_core.stages import generate, rollout, safe_actions
+from autosafe_core.store import Run, RunManifest, ShardRef, committed_shards, config_hash, read_manifest, update_manifest
+from flows.config import FactoryConfig
+from tasks import dataset
+from tasks.common import catalog
+from tasks.dataset import dataset_shards
+from tasks.engines import EngineRef, engine_stats, engines
+from tasks.generate import generate_shard
+from tasks.rollout import rollout_shard
+from tasks.safe_actions import safe_actions_shard
+
+SHARD_STAGES = (generate.STAGE, rollout.STAGE, safe_actions.STAGE)
+ALL_STAGES = (*SHARD_STAGES, dataset.STAGE)
+TABLE_OF = {generate.STAGE: "scenarios", rollout.STAGE: "trajectories", safe_actions.STAGE: "safe_samples"}
+ROLES_OF = {
+    generate.STAGE: ("generator",),
+    rollout.STAGE: ("agent", "simulator", "evaluator"),
+    safe_actions.STAGE: ("agent", "evaluator", "reflector"),
+    dataset.STAGE: (),
+}
+
+
+class MissingInput(ValueError):
+    """A stage was asked for before the stage it reads from committed its shards."""
+
+
+class ShardsFailed(RuntimeError):
+    """Some shards failed after their retries; re-running the run id redoes them."""
+
+
+def make_run(config: FactoryConfig) -> Run:
+    """The store's view of the run: where it lives and the lineage its rows carry."""
+    return Run(
+        run_id=config.run_id,
+        storage=config.storage,
+        config_hash=config_hash(config.content()),
+        prompt_versions=prompt_versions(),
+        model_ids={role: spec.model for role, spec in config.models.by_role().items()},
+    )
+
+
+@dataclass
+class StageProgress:
+    """Shards and records done per stage, for the progress bar and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    records: dict[str, int] = field(default_factory=dict)
+    shards: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+
+    def rate(self, stage: str) -> float:
+        return self.records.get(stage, 0) / max(1e-9, time.monotonic() - self.started)
+
+
+def run_pipeline(config: FactoryConfig, stages: Iterable[str], console: Console | None = None) -> RunManifest:
+    """Run `stages` (in pipeline order) of the run `config` describes; returns its manifest."""
+    wanted = [s for s in ALL_STAGES if s in set(stages)]
+    config.check_against(catalog())
+    run = make_run(config)
+    update_manifest(run, config=config.content())  # refuses a run id made under another config
+    todo = _todo(run, config, wanted)
+    roles = sorted({role for stage in wanted if todo[stage] for role in ROLES_OF[stage]})
+    placement = "ray" if config.runner == "ray" else "local"
+    progress = StageProgress()
+    with engines({r: config.models.for_role(r) for r in roles}, placement, config.engine_replicas) as refs:
+        futures = _submit(run, config, wanted, todo, refs)
+        _follow(futures, todo, progress, console)
+        stats = engine_stats(refs) if refs else {}
+    _raise_for_failures(run, progress)
+    if dataset.STAGE in wanted:
+        dataset_shards.submit(run, config.dataset).result()
+    manifest = update_manifest(run, extra={"engines": _add_stats(read_manifest(run), stats)})
+    get_run_logger().info(
+        "run %s: %s", run.run_id, ", ".join(f"{name} {t.rows} rows" for name, t in manifest.tables.items())
+    )
+    return manifest
+
+
+def _todo(run: Run, config: FactoryConfig, wanted: list[str]) -> dict[str, list[tuple[str, int, int]]]:
+    """The shards each stage still has to commit; MissingInput when a stage's input is not there."""
+    shards = config.shards()
+    todo: dict[str, list[tuple[str, int, int]]] = {}
+    previous: str | None = None
+    for stage in SHARD_STAGES:
+        done = committed_shards(run, TABLE_OF[stage], stage)
+        if stage in wanted:
+            todo[stage] = [s for s in shards if s[0] not in done]
+            if previous is not None and previous not in wanted:
+                have = committed_shards(run, TABLE_OF[previous], previous)
+                missing = [s[0] for s in todo[stage] if s[0] not in have]
+                if missing:
+                    raise MissingInput(
+                        f"{stage}: {len(missing)} of {len(shards)} shards of run {run.run_id} have no committed "
+                        f"{TABLE_OF[previous]} (first: shard {missing[0]}); run the {previous} stage first"
+                    )
+        previous = stage
+    todo[dataset.STAGE] = []
+    return todo
+
+
+def _submit(
+    run: Run, config: FactoryConfig, wanted: list[str], todo: dict, refs: dict[str, EngineRef]
+) -> list[tuple[str, str, PrefectFuture]]:
+    """One task per (stage, shard) to do, each waiting for the same shard's previous stage."""
+    gen_cfg, roll_cfg, safe_cfg = config.stage_configs()
+    grid = config.grid()
+    out: list[tuple[str, str, PrefectFuture]] = []
+    upstream: dict[str, PrefectFuture] = {}
+    for stage in SHARD_STAGES:
+        if stage not in wanted:
+            continue
+        for shard_id, start, stop in todo[stage]:
+            wait = [upstream[shard_id]] if shard_id in upstream else []
+            role_refs = {role: refs[role] for role in ROLES_OF[stage]}
+            if stage == generate.STAGE:
+                future = generate_shard.submit(run, shard_id, start, stop, grid, gen_cfg, role_refs)
+            elif stage == rollout.STAGE:
+                future = rollout_shard.submit(run, shard_id, roll_cfg, role_refs, wait_for=wait)
+            else:
+                future = safe_actions_shard.submit(run, shard_id, safe_cfg, role_refs, wait_for=wait)
+            upstream[shard_id] = future
+            out.append((stage, shard_id, future))
+    return out
+
+
+def _follow(
+    futures: list[tuple[str, str, PrefectFuture]], todo: dict, progress: StageProgress, console: Console | None
+) -> None:
+    """Wait for every task, with a progress bar per stage: shards, records/s and an ETA."""
+    where = {id(f): (stage, shard_id) for stage, shard_id, f in futures}
+    bar = Progress(
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards  {task.fields[records]} rows  {task.fields[rate]:.1f} rows/s"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        disable=console is None,
+    )
+    with bar:
+        ids = {
+            stage: bar.add_task(stage, total=len(todo[stage]), records=0, rate=0.0)
+            for stage in SHARD_STAGES
+            if todo.get(stage)
+        }
+        for future in as_completed([f for _, _, f in futures]):
+            stage, shard_id = where[id(future)]
+            try:
+                ref: ShardRef = future.result()
+            except Exception as exc:  # the task failed after its retries, or its upstream did
+                progress.failed.setdefault(stage, []).append(f"{shard_id}: {str(exc).splitlines()[0][:200]}")
+                bar.update(ids[stage], advance=1)
+                continue
+            progress.records[stage] = progress.records.get(stage, 0) + ref.records
+            progress.shards[stage] = progress.shards.get(stage, 0) + 1
+            bar.update(ids[stage], advance=1, records=progress.records[stage], rate=progress.rate(stage))
+
+
+def _raise_for_failures(run: Run, progress: StageProgress) -> None:
+    if not progress.failed:
+        return
+    count = sum(len(v) for v in progress.failed.values())
+    first_stage, first = next(iter(progress.failed.items()))
+    raise ShardsFailed(
+        f"run {run.run_id}: {count} shard(s) failed (first: {first_stage} shard {first[0]}); "
+        "committed shards are kept: re-run the same run id to redo the rest"
+    )
+
+
+def _add_stats(manifest: RunManifest | None, stats: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Engine counters summed over every invocation of the run (a resumed run adds to them)."""
+    total = {k: dict(v) for k, v in ((manifest.extra.get("engines") if manifest else None) or {}).items()}
+    for engine, counters in stats.items():
+        into = total.setdefault(engine, {})
+        for key, value in counters.items():
+            into[key] = max(into.get(key, 0), value) if key == "peak_in_flight" else into.get(key, 0) + value
+    return total

@@ -1,0 +1,76 @@
+"""Stage 4 as a Prefect task: D_safe from every committed safe sample of the run.
+
+Quality filter, then exact and embedding dedup (they need the whole run at once, so
+this is one task, not one per shard), then the split by scenario and the SFT export.
+Each split is committed as its own shard of `dataset` (shard id = split name), after
+the dropped samples (rejections, shard "all"). The result is a function of the
+committed safe samples, so a resumed task recomputes the same rows and commits only
+the splits that are missing.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from autosafe_core.stages import safe_actions
+from autosafe_core.stages.dedup import DedupConfig, dedup
+from autosafe_core.stages.quality import QualityConfig, quality_filter
+from autosafe_core.stages.split import SPLITS, check_fractions, split
+from autosafe_core.store import Run, ShardRef, commit_shard, read_commit, read_records
+from tasks.common import catalog, shard_task
+
+TABLE = "dataset"
+STAGE = "dataset"
+DROPPED_SHARD = "all"
+
+
+class DatasetConfig(BaseModel):
+    """Stage 4 settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality filter thresholds.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and near-duplicate dedup.")
+    embeddings: bool = Field(True, description="Drop near duplicates by MiniLM embeddings (exact dedup always).")
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="Train, validation, test fractions.")
+    split_seed: int = Field(0, description="Seed of the scenario hash that assigns splits.")
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        check_fractions(v)
+        return v
+
+
+def _embedder(cfg: DatasetConfig):
+    if not cfg.embeddings:
+        return None
+    from autosafe_core.stages.embedding import MiniLMEmbedder
+
+    return MiniLMEmbedder()
+
+
+@shard_task(STAGE)
+def dataset_shards(run: Run, cfg: DatasetConfig, shard_id: str = "all") -> list[ShardRef]:
+    """Commit the run's dataset, one shard per split; returns the split shards' refs."""
+    done = [read_commit(run, TABLE, STAGE, name) for name in SPLITS]
+    if all(ref is not None for ref in done):
+        return done
+    samples = read_records(run, "safe_samples", stages=[safe_actions.STAGE])
+    kept, dropped = quality_filter(samples, cfg.quality)
+    result = dedup(kept, _embedder(cfg), cfg.dedup)
+    dropped += result.dropped
+    commit_shard(run, "rejections", STAGE, DROPPED_SHARD, [d.rejection() for d in dropped])
+    from autosafe_core.training.sft_export import export_rows
+
+    parts = split(result.kept, cfg.split, cfg.split_seed)
+    refs = []
+    for name in SPLITS:
+        rows = export_rows({name: parts[name]}, catalog())
+        refs.append(
+            commit_shard(
+                run, TABLE, STAGE, name, rows,
+                counters={"dataset.quality_dropped": sum(d.step == "quality" for d in dropped),
+                          "dataset.dedup_dropped": sum(d.step == "dedup" for d in dropped)} if name == SPLITS[0] else {},
+            )
+        )
+    return refs

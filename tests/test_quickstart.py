@@ -1,0 +1,47 @@
+"""The README's quickstart, as a new user runs it: `autosafe run` on the embedded default
+(SmolLM2 on the CPU, local Ray, local storage), then `autosafe show RUN_ID --json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART_LIMIT_S = 15 * 60
+
+
+@pytest.mark.slow
+def test_the_quickstart_fills_every_table_of_the_dataset_path(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    storage = tmp_path / "autosafe-data"
+    autosafe = [sys.executable, "-m", "flows.cli"]
+
+    run = subprocess.run(
+        [*autosafe, "run", "--run-id", "quickstart", "--storage", str(storage)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=QUICKSTART_LIMIT_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1].startswith("run quickstart done")
+
+    show = subprocess.run(
+        [*autosafe, "show", "quickstart", "--storage", str(storage), "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert show.returncode == 0, show.stderr[-3000:]
+    summary = json.loads(show.stdout)
+    for table in ("scenarios", "trajectories", "safe_samples", "dataset"):
+        assert summary["tables"][table] > 0, f"{table} is empty: {summary['tables']}"
