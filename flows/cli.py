@@ -13,7 +13,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import typer  # noqa: E402
 
-from flows import run_cli  # noqa: E402
+from flows import inspect_cli, run_cli  # noqa: E402
 from flows.catalog_cli import catalog_app  # noqa: E402
 from flows.model_cli import model_app  # noqa: E402
 
@@ -21,6 +21,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.add_typer(catalog_app, name="catalog", help="Inspect and validate toolkits and risk outcomes.")
 app.add_typer(model_app, name="model", help="Fetch and inspect the embedded default model.")
 run_cli.register(app)
+inspect_cli.register(app)
 
 
 def main() -> None:

@@ -314,7 +314,8 @@ def export(
         ExportFormat, typer.Option("--format", help="jsonl: <out>/<split>.jsonl; hf: a datasets.DatasetDict.")
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder [default: ./autosafe-export/<run_id>/<format>].")
+        Path | None,
+        typer.Option("--out", help="Output folder.", show_default="./autosafe-export/<run_id>/<format>"),
     ] = None,
     storage: StorageOpt = None,
     endpoint_url: EndpointOpt = None,
@@ -365,7 +366,7 @@ def write_jsonl(examples: Mapping[str, list[dict[str, Any]]], folder: Path) -> N
 
 def write_hf(examples: Mapping[str, list[dict[str, Any]]], folder: Path) -> None:
     """A `datasets.DatasetDict` of the splits, saved with `save_to_disk`."""
-    # Imported here: `datasets` takes seconds to load, and only this command needs it.
+    # Imported here: `datasets` is slow to import, and only --format hf needs it.
     from datasets import Dataset, DatasetDict
 
     DatasetDict({split: Dataset.from_list(items) for split, items in examples.items()}).save_to_disk(str(folder))

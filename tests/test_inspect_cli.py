@@ -14,7 +14,6 @@ import typer
 from typer.testing import CliRunner
 
 from autosafe_core.ots import (
-    Action,
     Rejection,
     RiskSource,
     SafetyLabel,
@@ -263,7 +262,8 @@ def test_show_json_reads_a_run_on_s3(s3_storage):
 
 
 def test_show_of_a_run_that_is_not_on_s3_exits_2_with_one_line(s3_storage):
-    result = runner.invoke(app, ["show", "nobody", "--storage", s3_storage.uri, "--endpoint-url", s3_storage.endpoint_url])
+    where = ["--storage", s3_storage.uri, "--endpoint-url", s3_storage.endpoint_url]
+    result = runner.invoke(app, ["show", "nobody", *where])
     assert (result.exit_code, result.stderr) == (2, f"autosafe: run nobody not found in {s3_storage.uri}\n")
 
 
