@@ -13,6 +13,7 @@ import importlib.util
 from prefect import flow
 from rich.console import Console
 
+from flows import progress
 from autosafe_core.stages import generate as gen_stage, rollout as roll_stage, safe_actions as safe_stage
 from autosafe_core.store import RunManifest
 from flows.config import FactoryConfig
@@ -20,26 +21,22 @@ from flows.pipeline import run_pipeline
 from flows.runtime import task_runner
 from tasks import dataset
 
-_console: Console | None = None
-"""Where progress bars go: set by `launch` for the CLI; none in a worker or a test."""
-
-
 @flow(name="generate", flow_run_name="generate-{config.run_id}", log_prints=False)
 def generate_flow(config: FactoryConfig) -> RunManifest:
     """Stage 1: risk scenarios for the run's OTS cells."""
-    return run_pipeline(config, [gen_stage.STAGE], _console)
+    return run_pipeline(config, [gen_stage.STAGE])
 
 
 @flow(name="rollout", flow_run_name="rollout-{config.run_id}")
 def rollout_flow(config: FactoryConfig) -> RunManifest:
     """Stage 2: simulated rollouts of the run's committed scenarios."""
-    return run_pipeline(config, [roll_stage.STAGE], _console)
+    return run_pipeline(config, [roll_stage.STAGE])
 
 
 @flow(name="safe_dataset", flow_run_name="safe-dataset-{config.run_id}")
 def safe_dataset_flow(config: FactoryConfig) -> RunManifest:
     """Stages 3 and 4: safe actions at the risk triggers, then dedup, split and SFT export."""
-    return run_pipeline(config, [safe_stage.STAGE, dataset.STAGE], _console)
+    return run_pipeline(config, [safe_stage.STAGE, dataset.STAGE])
 
 
 @flow(name="factory", flow_run_name="factory-{config.run_id}")
@@ -47,7 +44,7 @@ def factory_flow(config: FactoryConfig) -> RunManifest:
     """End to end: scenarios, rollouts, safe actions and the dataset; then fine-tuning and
     evaluation, when those flows are installed and the config asks for them."""
     manifest = run_pipeline(
-        config, [gen_stage.STAGE, roll_stage.STAGE, safe_stage.STAGE, dataset.STAGE], _console
+        config, [gen_stage.STAGE, roll_stage.STAGE, safe_stage.STAGE, dataset.STAGE]
     )
     for wanted, module, name in ((config.finetune, "flows.finetune", "finetune_flow"),
                                  (config.evaluate, "flows.evaluate", "evaluate_flow")):
@@ -66,10 +63,9 @@ FLOWS = {
 
 def launch(name: str, config: FactoryConfig, console: Console | None = None) -> RunManifest:
     """Run flow `name` on the task runner the config names (needs a Prefect API: see runtime)."""
-    global _console
-    _console = console
+    progress.set_console(console)
     try:
         runner = task_runner(config.runner, config.ray_address)
         return FLOWS[name].with_options(task_runner=runner)(config)
     finally:
-        _console = None
+        progress.set_console(None)

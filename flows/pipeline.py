@@ -23,6 +23,7 @@ from autosafe_core.roles import prompt_versions
 from autosafe_core.stages import generate, rollout, safe_actions
 from autosafe_core.store import Run, RunManifest, ShardRef, committed_shards, config_hash, read_manifest, update_manifest
 from flows.config import FactoryConfig
+from flows.progress import console as progress_console
 from tasks import dataset
 from tasks.common import catalog
 from tasks.dataset import dataset_shards
@@ -74,8 +75,11 @@ class StageProgress:
         return self.records.get(stage, 0) / max(1e-9, time.monotonic() - self.started)
 
 
-def run_pipeline(config: FactoryConfig, stages: Iterable[str], console: Console | None = None) -> RunManifest:
-    """Run `stages` (in pipeline order) of the run `config` describes; returns its manifest."""
+def run_pipeline(config: FactoryConfig, stages: Iterable[str]) -> RunManifest:
+    """Run `stages` (in pipeline order) of the run `config` describes; returns its manifest.
+
+    Progress bars go to `flows.progress.console()` when the CLI set one.
+    """
     wanted = [s for s in ALL_STAGES if s in set(stages)]
     config.check_against(catalog())
     run = make_run(config)
@@ -86,7 +90,7 @@ def run_pipeline(config: FactoryConfig, stages: Iterable[str], console: Console 
     progress = StageProgress()
     with engines({r: config.models.for_role(r) for r in roles}, placement, config.engine_replicas) as refs:
         futures = _submit(run, config, wanted, todo, refs)
-        _follow(futures, todo, progress, console)
+        _follow(futures, todo, progress, progress_console())
         stats = engine_stats(refs) if refs else {}
     _raise_for_failures(run, progress)
     if dataset.STAGE in wanted:

@@ -36,6 +36,10 @@ def prefect_api() -> Iterator[str]:
     try:
         yield server.api_url
     finally:
+        # Logs are shipped to the API in the background: send what is queued while it listens.
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
