@@ -7,10 +7,13 @@ the same work as one Prefect task per scenario.
 Every role is the instant schema responder (tests/support/schema_responder.py), so the
 figures are the factory's own cost: Prefect, Ray, storage, the stages' Python. Each
 measurement runs in a fresh process (so peak RSS is that run's), against one local
-Prefect server that this command starts. Three measured kinds:
+Prefect server that this command starts. The measured kinds:
 
 - factory: the `generate` and `rollout` stages through the shard pipeline (Ray task
-  runner, engines in a Ray actor, Parquet commits), shards of 250 scenarios;
+  runner, engines in a Ray actor, Parquet commits), shards of 250 scenarios, on a
+  local Ray started before the clock (a running cluster, as large runs have);
+- factory-cold: the same, once, with the run starting Ray itself (a laptop's first
+  run); the difference is Ray's start-up;
 - core: the same two stages called directly in one process (no Prefect, Ray or
   storage): what the work costs without orchestration;
 - per-scenario: one Prefect task per scenario, each generating and rolling out its
@@ -41,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "bench" / "results" / "factory-scale.json"
-SHARD_SIZE = 250
+SHARD_SIZE = int(os.environ.get("BENCH_SHARD_SIZE", "1000"))
 CONCURRENCY = 256
 
 
@@ -85,7 +88,10 @@ class RssWatch:
         self._thread.join()
 
 
-def measure_factory(scenarios: int) -> dict:
+def measure_factory(scenarios: int, cold: bool = False) -> dict:
+    """Warm: local Ray is up before the clock starts (a running cluster, as at scale);
+    cold: the run starts Ray itself, as `autosafe run` on a laptop does."""
+    import ray
     from prefect import flow
 
     from flows.pipeline import run_pipeline
@@ -98,6 +104,8 @@ def measure_factory(scenarios: int) -> dict:
     def generate_and_rollout(config):
         return run_pipeline(config, ["generate", "rollout"])
 
+    if not cold:
+        ray.init(num_cpus=os.cpu_count(), namespace="autosafe", include_dashboard=False, log_to_driver=False)
     with RssWatch() as watch:
         start = time.perf_counter()
         manifest = generate_and_rollout.with_options(task_runner=task_runner("ray"))(config)
@@ -177,7 +185,7 @@ def measure_per_scenario(scenarios: int) -> dict:
     return {"wall_s": wall}
 
 
-KINDS = {"factory": measure_factory, "core": measure_core, "per-scenario": measure_per_scenario}
+KINDS = {"factory": measure_factory, "factory-cold": lambda n: measure_factory(n, cold=True), "core": measure_core, "per-scenario": measure_per_scenario}
 
 
 def one(kind: str, scenarios: int, env: dict) -> dict:
@@ -222,6 +230,7 @@ def main() -> None:
         env = {**os.environ, "PREFECT_API_URL": url, "PYTHONPATH": str(REPO)}
         factory_small = median_of("factory", small, env, args.repeats)
         factory_large = median_of("factory", large, env, args.repeats)
+        factory_cold = median_of("factory-cold", large, env, 1)
         core_large = median_of("core", large, env, args.repeats)
         baseline = median_of("per-scenario", naive, env, args.repeats)
 
@@ -238,9 +247,12 @@ def main() -> None:
             1000 * (factory_large["wall_s"] - core_large["wall_s"]) / large, 3
         ),
         "core_only_scenarios_per_s": round(large / core_large["wall_s"], 1),
+        "cold_scenarios_per_s": round(large / factory_cold["wall_s"], 1),
+        "cold_start_s": round(factory_cold["wall_s"] - factory_large["wall_s"], 1),
         "task_per_scenario_ms": round(1000 * baseline["wall_s"] / naive, 2),
         "model_calls_per_scenario": round(factory_large["calls"] / large, 2),
-        "runs": {"factory_small": factory_small, "factory_large": factory_large, "core": core_large,
+        "runs": {"factory_small": factory_small, "factory_large": factory_large, "factory_cold": factory_cold,
+                 "core": core_large,
                  "task_per_scenario": baseline},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count()},
@@ -250,7 +262,7 @@ def main() -> None:
         "concurrency": CONCURRENCY,
     }
     print(f"{'':<34}{'value':>12}")
-    for key in ("scenarios_per_s", "core_only_scenarios_per_s", "task_per_scenario_ms",
+    for key in ("scenarios_per_s", "cold_scenarios_per_s", "cold_start_s", "core_only_scenarios_per_s", "task_per_scenario_ms",
                 "speedup_vs_task_per_scenario", "orchestration_overhead_ms_per_scenario",
                 "peak_rss_mb_1k", "peak_rss_mb_10k", "driver_peak_rss_mb_1k", "driver_peak_rss_mb_10k"):
         print(f"{key:<40}{result[key]:>12}")

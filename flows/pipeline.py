@@ -10,12 +10,13 @@ run id redoes exactly the failed shards.
 
 from __future__ import annotations
 
+import queue
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prefect import get_run_logger
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -89,8 +90,7 @@ def run_pipeline(config: FactoryConfig, stages: Iterable[str]) -> RunManifest:
     placement = "ray" if config.runner == "ray" else "local"
     progress = StageProgress()
     with engines({r: config.models.for_role(r) for r in roles}, placement, config.engine_replicas) as refs:
-        futures = _submit(run, config, wanted, todo, refs)
-        _follow(futures, todo, progress, progress_console())
+        _follow(_Shards(run, config, wanted, todo, refs), todo, progress, progress_console())
         stats = engine_stats(refs) if refs else {}
     _raise_for_failures(run, progress)
     if dataset.STAGE in wanted:
@@ -124,36 +124,68 @@ def _todo(run: Run, config: FactoryConfig, wanted: list[str]) -> dict[str, list[
     return todo
 
 
-def _submit(
-    run: Run, config: FactoryConfig, wanted: list[str], todo: dict, refs: dict[str, EngineRef]
-) -> list[tuple[str, str, PrefectFuture]]:
-    """One task per (stage, shard) to do, each waiting for the same shard's previous stage."""
-    gen_cfg, roll_cfg, safe_cfg = config.stage_configs()
-    grid = config.grid()
-    out: list[tuple[str, str, PrefectFuture]] = []
-    upstream: dict[str, PrefectFuture] = {}
-    for stage in SHARD_STAGES:
-        if stage not in wanted:
-            continue
-        for shard_id, start, stop in todo[stage]:
-            wait = [upstream[shard_id]] if shard_id in upstream else []
-            role_refs = {role: refs[role] for role in ROLES_OF[stage]}
-            if stage == generate.STAGE:
-                future = generate_shard.submit(run, shard_id, start, stop, grid, gen_cfg, role_refs)
-            elif stage == rollout.STAGE:
-                future = rollout_shard.submit(run, shard_id, roll_cfg, role_refs, wait_for=wait)
-            else:
-                future = safe_actions_shard.submit(run, shard_id, safe_cfg, role_refs, wait_for=wait)
-            upstream[shard_id] = future
-            out.append((stage, shard_id, future))
-    return out
+class _Shards:
+    """Submits each shard's stages one after another: a stage's task is submitted when the
+    same shard's previous stage has committed, never before.
+
+    Submitting a whole chain at once with `wait_for` would let Ray start a downstream
+    task whose upstream is still running; it then blocks inside its worker, Ray lends
+    its CPU to a fresh worker process, and every such wait costs a process start.
+    """
+
+    def __init__(self, run: Run, config: FactoryConfig, wanted: list[str], todo: dict, refs: dict[str, EngineRef]):
+        self.run = run
+        self.refs = refs
+        self.gen_cfg, self.roll_cfg, self.safe_cfg = config.stage_configs()
+        self.grid = config.grid()
+        self.ranges = {shard_id: (start, stop) for shard_id, start, stop in config.shards()}
+        # Each shard's stages still to do, in pipeline order.
+        self.chains: dict[str, list[str]] = {}
+        for stage in SHARD_STAGES:
+            if stage in wanted:
+                for shard_id, _, _ in todo[stage]:
+                    self.chains.setdefault(shard_id, []).append(stage)
+        self.done: queue.SimpleQueue[tuple[str, str, PrefectFuture]] = queue.SimpleQueue()
+        self.in_flight = 0
+
+    def start(self) -> None:
+        for shard_id in self.chains:
+            self._submit_next(shard_id)
+
+    def _submit_next(self, shard_id: str) -> None:
+        chain = self.chains[shard_id]
+        if not chain:
+            return
+        stage = chain.pop(0)
+        role_refs = {role: self.refs[role] for role in ROLES_OF[stage]}
+        if stage == generate.STAGE:
+            start, stop = self.ranges[shard_id]
+            future = generate_shard.submit(self.run, shard_id, start, stop, self.grid, self.gen_cfg, role_refs)
+        elif stage == rollout.STAGE:
+            future = rollout_shard.submit(self.run, shard_id, self.roll_cfg, role_refs)
+        else:
+            future = safe_actions_shard.submit(self.run, shard_id, self.safe_cfg, role_refs)
+        self.in_flight += 1
+        future.add_done_callback(lambda f: self.done.put((stage, shard_id, f)))
+
+    def finished(self) -> Iterator[tuple[str, str, PrefectFuture]]:
+        """Each task as it finishes; the caller says, through `advance`, whether its shard goes on."""
+        while self.in_flight:
+            item = self.done.get()
+            self.in_flight -= 1
+            yield item
+
+    def advance(self, shard_id: str) -> None:
+        self._submit_next(shard_id)
+
+    def abandon(self, shard_id: str) -> list[str]:
+        """The shard's later stages, which will not run now (their input is missing)."""
+        left, self.chains[shard_id] = self.chains[shard_id], []
+        return left
 
 
-def _follow(
-    futures: list[tuple[str, str, PrefectFuture]], todo: dict, progress: StageProgress, console: Console | None
-) -> None:
-    """Wait for every task, with a progress bar per stage: shards, records/s and an ETA."""
-    where = {id(f): (stage, shard_id) for stage, shard_id, f in futures}
+def _follow(shards: _Shards, todo: dict, progress: StageProgress, console: Console | None) -> None:
+    """Run every shard's chain, with a progress bar per stage: shards, records/s and an ETA."""
     bar = Progress(
         TextColumn("{task.description:<13}"),
         BarColumn(),
@@ -171,17 +203,21 @@ def _follow(
             for stage in SHARD_STAGES
             if todo.get(stage)
         }
-        for future in as_completed([f for _, _, f in futures]):
-            stage, shard_id = where[id(future)]
+        shards.start()
+        for stage, shard_id, future in shards.finished():
             try:
                 ref: ShardRef = future.result()
-            except Exception as exc:  # the task failed after its retries, or its upstream did
+            except Exception as exc:  # the task failed after its retries
                 progress.failed.setdefault(stage, []).append(f"{shard_id}: {str(exc).splitlines()[0][:200]}")
                 bar.update(ids[stage], advance=1)
+                for later in shards.abandon(shard_id):
+                    progress.failed.setdefault(later, []).append(f"{shard_id}: not run, {stage} failed")
+                    bar.update(ids[later], advance=1)
                 continue
             progress.records[stage] = progress.records.get(stage, 0) + ref.records
             progress.shards[stage] = progress.shards.get(stage, 0) + 1
             bar.update(ids[stage], advance=1, records=progress.records[stage], rate=progress.rate(stage))
+            shards.advance(shard_id)
 
 
 def _raise_for_failures(run: Run, progress: StageProgress) -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
 from autosafe_core.llm.registry import ModelSpec, build_model
+from tasks.wire import PackedCompletions, PackedRequests, pack_completions, pack_requests, unpack_completions, unpack_requests
 
 NAMESPACE = "autosafe"
 
@@ -97,8 +98,8 @@ def _actor_class():
                 torch.set_num_threads(int(spec.options.get("cpu_threads") or os.cpu_count() or 1))
             self.model = build_model(spec)
 
-        async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
-            return await self.model.complete(requests)
+        async def complete(self, packed: PackedRequests) -> PackedCompletions:
+            return pack_completions(await self.model.complete(unpack_requests(packed)))
 
         async def stats(self) -> dict[str, int]:
             return model_stats(self.model)
@@ -134,8 +135,8 @@ class EngineClient(ChatModel):
     """The `ChatModel` a task uses: forwards batches to the engine, round-robin over replicas.
 
     On Ray, the calls a task's coroutines make in one turn of its event loop go to the
-    actor as one batch (one remote call), so the cost of a Ray round trip is shared by
-    up to the stage's concurrency of model calls.
+    actor as one batch (one remote call, packed by `tasks.wire`), so the cost of a Ray
+    round trip is shared by up to the stage's concurrency of model calls.
     """
 
     def __init__(self, ref: EngineRef):
@@ -171,7 +172,8 @@ class EngineClient(ChatModel):
     async def _send(self, batch: list[tuple[list[ChatRequest], asyncio.Future]]) -> None:
         flat = [request for requests, _ in batch for request in requests]
         try:
-            completions = await self._actors[next(self._next)].complete.remote(flat)
+            packed = await self._actors[next(self._next)].complete.remote(pack_requests(flat))
+            completions = unpack_completions(packed)
         except BaseException as exc:  # the engine died: every caller of the batch hears why
             for _, future in batch:
                 if not future.done():

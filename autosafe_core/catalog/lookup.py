@@ -7,6 +7,7 @@ about files (`loader`) or where the packaged data lives (`packaged`).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,8 +29,12 @@ class UnknownName(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+@lru_cache(maxsize=8192)
 def outcome_key(text: str) -> str:
-    """The spelling-insensitive key of an outcome name: case, punctuation, '&', plurals, -ise/-ize."""
+    """The spelling-insensitive key of an outcome name: case, punctuation, '&', plurals, -ise/-ize.
+
+    Cached: stages normalise the same toolkit risks for every scenario.
+    """
     words = _WORD.findall(text.lower().replace("&", " and "))
     return " ".join(_BRITISH_IZE.sub(r"iz\1", _singular(w)) for w in words)
 

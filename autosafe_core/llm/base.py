@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 
 class Message(BaseModel):
@@ -31,13 +31,26 @@ class SamplingParams(BaseModel):
     ignore_eos: bool = Field(False, description="Benchmark mode: always generate max_tokens.")
 
 
+def _schema_as_given(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"json_schema must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+JsonSchema = Annotated[
+    dict[str, Any] | None, PlainValidator(_schema_as_given), WithJsonSchema({"type": ["object", "null"]})
+]
+"""A decoding schema, kept as the very object given: roles reuse one schema per toolbox,
+and a copy per call would cost a deep walk of it and hide the sharing from the wire."""
+
+
 class ChatRequest(BaseModel):
     """One chat call; `json_schema` asks the backend to constrain decoding to it."""
 
     model_config = ConfigDict(frozen=True)
     messages: tuple[Message, ...]
     sampling: SamplingParams = SamplingParams()
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchema = None
 
     def cache_key(self, model_id: str) -> str:
         """Content address of (model id, messages, sampling, schema)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import jinja2
+import jinja2.meta
 import json_repair
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -44,9 +45,47 @@ class Prompt:
 
     def render(self, **context: Any) -> tuple[Message, ...]:
         return (
-            Message(role="system", content=_template(self.system).render(**context).strip()),
+            Message(role="system", content=_render_system(self.system, context)),
             Message(role="user", content=_template(self.user).render(**context).strip()),
         )
+
+
+_SYSTEM_CACHE: dict[tuple, str] = {}
+_SYSTEM_CACHE_SIZE = 4096
+
+
+def _render_system(source: str, context: dict[str, Any]) -> str:
+    """A system prompt, rendered once per distinct value of the variables it uses.
+
+    A system prompt depends on little (the toolkit specs, the label scale), and a rollout
+    asks for the same one at every step: rendering it again is most of a stage's
+    template time, and the one shared string also travels to an engine only once.
+    """
+    names = _variables(source)
+    try:
+        key = (source, *((name, _frozen(context.get(name))) for name in names))
+        hash(key)
+    except TypeError:  # a value that cannot be a key: render as usual
+        return _template(source).render(**context).strip()
+    text = _SYSTEM_CACHE.get(key)
+    if text is None:
+        if len(_SYSTEM_CACHE) >= _SYSTEM_CACHE_SIZE:
+            _SYSTEM_CACHE.clear()
+        text = _SYSTEM_CACHE[key] = _template(source).render(**context).strip()
+    return text
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+@cache
+def _variables(source: str) -> tuple[str, ...]:
+    return tuple(sorted(jinja2.meta.find_undeclared_variables(_JINJA.parse(source))))
 
 
 @cache

@@ -62,7 +62,8 @@ def _judgement(rng: random.Random) -> dict[str, Any]:
 
 
 def _words(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(n))
+    # One draw of n bytes, not n draws: the responder stays cheap next to what it tests.
+    return " ".join([_WORDS[b % len(_WORDS)] for b in rng.randbytes(n)])
 
 
 class _Instance:
@@ -126,7 +127,7 @@ class _Instance:
         return [self.of(items) for _ in range(self.rng.randint(max(low, 1) if high else 0, max(high, low)))]
 
     def _string(self, schema: dict[str, Any]) -> str:
-        return self._fit(f"{self.tag} {_words(self.rng, self.rng.randint(3, 12))}", schema)
+        return self._fit(f"{self.tag} {_words(self.rng, 3 + self.rng.getrandbits(3))}", schema)
 
     @staticmethod
     def _fit(text: str, schema: dict[str, Any]) -> str:
