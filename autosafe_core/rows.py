@@ -13,6 +13,7 @@ import types
 import typing
 from enum import Enum
 from functools import cache
+from collections.abc import Callable
 from typing import Any, TypeVar, Union
 
 import pyarrow as pa
@@ -72,49 +73,54 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
     return pa.schema(_fields(model))
 
 
-def _encode(annotation: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    if _is_json_text(annotation):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    annotation = _strip_optional(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return {
-            name: _encode(info.annotation, value.get(name))
-            for name, info in annotation.model_fields.items()
-        }
-    if typing.get_origin(annotation) is list:
-        (item,) = typing.get_args(annotation)
-        return [_encode(item, v) for v in value]
+Codec = Callable[[Any], Any]
+
+
+def _identity(value: Any) -> Any:
     return value
 
 
-def _decode(annotation: Any, value: Any) -> Any:
-    if value is None:
-        return None
+def _json_text(value: Any) -> Any:
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _json_value(value: Any) -> Any:
+    return None if value is None else json.loads(value)
+
+
+@cache
+def _codec(annotation: Any, decode: bool) -> Codec:
+    """The converter of one annotation's values (a row value from a dumped value, or back),
+    built once per annotation: a shard converts thousands of rows of the same few models."""
     if _is_json_text(annotation):
-        return json.loads(value)
+        return _json_value if decode else _json_text
     annotation = _strip_optional(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return {
-            name: _decode(info.annotation, value.get(name))
-            for name, info in annotation.model_fields.items()
-        }
+        fields = _field_codecs(annotation, decode)
+        return lambda value: None if value is None else {name: code(value.get(name)) for name, code in fields}
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
-        return [_decode(item, v) for v in value]
-    return value
+        code = _codec(item, decode)
+        if code is _identity:
+            return _identity
+        return lambda value: None if value is None else [code(v) for v in value]
+    return _identity
+
+
+@cache
+def _field_codecs(model: type[BaseModel], decode: bool) -> tuple[tuple[str, Codec], ...]:
+    return tuple((name, _codec(info.annotation, decode)) for name, info in model.model_fields.items())
 
 
 def to_row(record: BaseModel) -> dict[str, Any]:
     """A dict that fits `arrow_schema(type(record))`."""
     data = record.model_dump(mode="json")
-    return {name: _encode(info.annotation, data.get(name)) for name, info in type(record).model_fields.items()}
+    return {name: code(data.get(name)) for name, code in _field_codecs(type(record), False)}
 
 
 def from_row(model: type[M], row: dict[str, Any]) -> M:
     """The inverse of `to_row`; extra columns (run id, shard, ...) are ignored."""
-    data = {name: _decode(info.annotation, row.get(name)) for name, info in model.model_fields.items()}
+    data = {name: code(row.get(name)) for name, code in _field_codecs(model, True)}
     return model.model_validate({k: v for k, v in data.items() if v is not None})
 
 

@@ -80,7 +80,7 @@ def start(flow_name: str, config: FactoryConfig) -> RunManifest:
     from flows.pipeline import MissingInput, ShardsFailed
     from flows.runtime import prefect_api
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     console.print(f"[bold]autosafe {flow_name}[/]: run {config.run_id} -> {config.storage.uri}")
     with prefect_api():
         try:
