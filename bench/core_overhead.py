@@ -38,6 +38,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine import cpu_model  # noqa: E402
 
 from autosafe_core.catalog import Catalog, default_catalog  # noqa: E402
 from autosafe_core.llm.base import ChatRequest  # noqa: E402
@@ -198,7 +201,7 @@ def main() -> None:
         **figures,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "cores_used": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "pinning": pinning,
@@ -229,16 +232,6 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ measurement runs in a fresh process (so peak RSS is that run's), against one loc
 Prefect server that this command starts. The measured kinds:
 
 - factory: the `generate` and `rollout` stages through the shard pipeline (Ray task
-  runner, engines in a Ray actor, Parquet commits), shards of 250 scenarios, on a
+  runner, engines in a Ray actor, Parquet commits), shards of 1,000 scenarios
+  (BENCH_SHARD_SIZE overrides), 256 model calls in flight per shard, on a
   local Ray started before the clock (a running cluster, as large runs have);
 - factory-cold: the same, once, with the run starting Ray itself (a laptop's first
   run); the difference is Ray's start-up;
@@ -28,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -42,6 +42,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine import cpu_model  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "factory-scale.json"
 SHARD_SIZE = int(os.environ.get("BENCH_SHARD_SIZE", "1000"))
@@ -64,6 +67,7 @@ class RssWatch:
 
         self._me = psutil.Process()
         self.peak_total_mb = 0.0
+        self.peak_process_mb = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -74,9 +78,11 @@ class RssWatch:
             total = 0
             for p in [self._me, *self._me.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
                 except psutil.Error:
-                    pass
+                    continue
+                total += rss
+                self.peak_process_mb = max(self.peak_process_mb, rss / 2**20)
             self.peak_total_mb = max(self.peak_total_mb, total / 2**20)
 
     def __enter__(self) -> RssWatch:
@@ -117,6 +123,7 @@ def measure_factory(scenarios: int, cold: bool = False) -> dict:
         "calls": sum(u.calls for u in manifest.usage_by_role.values()),
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "all_processes_peak_rss_mb": watch.peak_total_mb,
+        "largest_process_peak_rss_mb": watch.peak_process_mb,
     }
 
 
@@ -243,6 +250,8 @@ def main() -> None:
         "peak_rss_mb_10k": round(factory_large["all_processes_peak_rss_mb"], 1),
         "driver_peak_rss_mb_1k": round(factory_small["driver_peak_rss_mb"], 1),
         "driver_peak_rss_mb_10k": round(factory_large["driver_peak_rss_mb"], 1),
+        "largest_process_peak_rss_mb_1k": round(factory_small["largest_process_peak_rss_mb"], 1),
+        "largest_process_peak_rss_mb_10k": round(factory_large["largest_process_peak_rss_mb"], 1),
         "orchestration_overhead_ms_per_scenario": round(
             1000 * (factory_large["wall_s"] - core_large["wall_s"]) / large, 3
         ),
@@ -255,7 +264,7 @@ def main() -> None:
                  "core": core_large,
                  "task_per_scenario": baseline},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "versions": {p: metadata.version(p) for p in ("prefect", "prefect-ray", "ray", "pyarrow")},
         "date": datetime.now(UTC).date().isoformat(),
         "shard_size": SHARD_SIZE,
@@ -264,22 +273,13 @@ def main() -> None:
     print(f"{'':<34}{'value':>12}")
     for key in ("scenarios_per_s", "cold_scenarios_per_s", "cold_start_s", "core_only_scenarios_per_s", "task_per_scenario_ms",
                 "speedup_vs_task_per_scenario", "orchestration_overhead_ms_per_scenario",
-                "peak_rss_mb_1k", "peak_rss_mb_10k", "driver_peak_rss_mb_1k", "driver_peak_rss_mb_10k"):
+                "peak_rss_mb_1k", "peak_rss_mb_10k", "driver_peak_rss_mb_1k", "driver_peak_rss_mb_10k",
+                "largest_process_peak_rss_mb_1k", "largest_process_peak_rss_mb_10k"):
         print(f"{key:<40}{result[key]:>12}")
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {RESULTS.relative_to(REPO)}")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ import typer  # noqa: E402
 
 from flows import inspect_cli, run_cli  # noqa: E402
 from flows.catalog_cli import catalog_app  # noqa: E402
+from flows.engines_cli import engines_app  # noqa: E402
 from flows.model_cli import model_app  # noqa: E402
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(catalog_app, name="catalog", help="Inspect and validate toolkits and risk outcomes.")
 app.add_typer(model_app, name="model", help="Fetch and inspect the embedded default model.")
+app.add_typer(engines_app, name="engines", help="Long-lived engines on a Ray cluster, shared by runs.")
 run_cli.register(app)
 inspect_cli.register(app)
 

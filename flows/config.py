@@ -71,7 +71,11 @@ class FactoryConfig(BaseModel):
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model per role.")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Stage 1 settings.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Stage 2 settings.")
-    safe_actions: SafeActionConfig = Field(default_factory=SafeActionConfig, description="Stage 3 settings.")
+    safe_actions: SafeActionConfig = Field(
+        default_factory=lambda: SafeActionConfig(reflection_rounds=1, parallel_candidates=True),
+        description="Stage 3 settings. The default is sized for a small model on a CPU: the k candidates "
+        "at once, one reflection round each.",
+    )
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Quality filter, dedup, split.")
     finetune: bool = Field(True, description="Run the fine-tune flow after the dataset (when available).")
     evaluate: bool = Field(True, description="Run the evaluate flow after fine-tuning (when available).")

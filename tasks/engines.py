@@ -91,6 +91,7 @@ def _actor_class():
 
         def __init__(self, spec_json: str):
             spec = ModelSpec.model_validate_json(spec_json)
+            self.spec_json = spec_json
             if spec.backend == "transformers":
                 # Ray gives a 0-CPU actor one math thread; a CPU model wants the machine's.
                 import torch
@@ -103,6 +104,9 @@ def _actor_class():
 
         async def stats(self) -> dict[str, int]:
             return model_stats(self.model)
+
+        async def spec(self) -> str:
+            return self.spec_json
 
         async def close(self) -> None:
             await self.model.aclose()
@@ -225,7 +229,7 @@ def engines(
         _stop(started)
 
 
-def _start(spec: ModelSpec, placement: str, replicas: int, started: list) -> EngineRef:
+def _start(spec: ModelSpec, placement: str, replicas: int, started: list, detached: bool = False) -> EngineRef:
     if placement == "local":
         with _LOCAL_LOCK:
             fresh = spec.key not in _LOCAL
@@ -237,19 +241,71 @@ def _start(spec: ModelSpec, placement: str, replicas: int, started: list) -> Eng
 
     actor_cls = _actor_class()
     names = []
+    created = []
     for replica in range(replicas):
         name = engine_name(spec, replica)
         try:
             ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
-            actor = actor_cls.options(name=name, namespace=NAMESPACE, **_resources(spec)).remote(
-                spec.model_dump_json()
-            )
-            started.append(actor)
+            options = {"name": name, "namespace": NAMESPACE, **_resources(spec)}
+            if detached:
+                options["lifetime"] = "detached"
+            created.append(actor_cls.options(**options).remote(spec.model_dump_json()))
         names.append(name)
     # Wait for construction so a model that fails to load fails the run here, once.
-    ray.get([a.stats.remote() for a in started if not isinstance(a, str)])
+    ray.get([a.stats.remote() for a in created])
+    if not detached:
+        started.extend(created)
     return EngineRef(placement="ray", spec=spec, actor_names=names)
+
+
+def start_long_lived(specs: dict[str, ModelSpec], replicas: int = 1) -> dict[str, EngineRef]:
+    """Engines that outlive this driver (detached Ray actors), for runs to attach to.
+
+    A run whose role has an equal spec (same `ModelSpec.key`) finds the actors by name
+    and leaves them running, so a large engine loads once for many runs. Engines that
+    already run are kept as they are.
+    """
+    by_key: dict[str, EngineRef] = {}
+    refs = {}
+    for role, spec in specs.items():
+        if spec.key not in by_key:
+            by_key[spec.key] = _start(spec, "ray", replicas, [], detached=True)
+        refs[role] = by_key[spec.key]
+    return refs
+
+
+def running_engines() -> list[dict[str, str]]:
+    """Every engine actor of this Ray cluster: its name, backend and model."""
+    import ray
+    from ray.util import list_named_actors
+
+    names = sorted(
+        entry["name"]
+        for entry in list_named_actors(all_namespaces=True)
+        if entry["namespace"] == NAMESPACE and entry["name"].startswith("engine-")
+    )
+    out = []
+    for name in names:
+        spec = ModelSpec.model_validate_json(ray.get(ray.get_actor(name, namespace=NAMESPACE).spec.remote()))
+        out.append({"name": name, "backend": spec.backend, "model": spec.model})
+    return out
+
+
+def stop_engines(names: list[str]) -> list[str]:
+    """Stop the named engine actors (after closing their models); the names stopped."""
+    import ray
+
+    actors = []
+    for name in names:
+        try:
+            actors.append((name, ray.get_actor(name, namespace=NAMESPACE)))
+        except ValueError:
+            continue
+    ray.get([actor.close.remote() for _, actor in actors])
+    for _, actor in actors:
+        ray.kill(actor)
+    return [name for name, _ in actors]
 
 
 def _stop(started: list) -> None:

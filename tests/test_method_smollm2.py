@@ -3,7 +3,8 @@
 What a 135M model writes is weak; the point is that every part runs with a real
 engine, real grammars and real token counts: rows that fit their schemas, and a
 reason on every rejected answer. Sizes are kept small (two steps, two candidates, one
-reflection round) so the test takes a few minutes on two cores.
+reflection round, candidates sampled at once) so the test takes a few minutes on two
+cores.
 """
 
 from __future__ import annotations
@@ -117,7 +118,11 @@ async def test_the_three_stages_run_on_the_real_model(smollm2: ChatModel) -> Non
     by_id = {s.id: s for s in scenarios}
     safe_models = SafeActionModels(agent=smollm2, evaluator=smollm2, reflector=smollm2)
     sampled = await sample_safe_actions(
-        states, by_id, safe_models, CATALOG, SafeActionConfig(candidates=2, reflection_rounds=1, retries=0)
+        states,
+        by_id,
+        safe_models,
+        CATALOG,
+        SafeActionConfig(candidates=2, reflection_rounds=1, retries=0, parallel_candidates=True),
     )
     assert_sound(sampled, SafeSample)
     assert len(sampled.rows) == len(states)

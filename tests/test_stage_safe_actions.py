@@ -8,6 +8,7 @@ from autosafe_core import rows
 from autosafe_core.llm.base import ChatRequest, Completion
 from autosafe_core.ots import Action, SafeSample, SafetyLabel, Step, StopReason, Trajectory, Verdict
 from autosafe_core.stages.safe_actions import SafeActionConfig, SafeActionModels, safe_sample_id, sample_safe_actions
+from autosafe_core.stages.common import seed_for
 from tests.support.method import SAFE, UNSAFE, call, final, judged, scenario, scripted, toy_catalog, user_text
 
 CATALOG = toy_catalog()
@@ -170,3 +171,19 @@ async def test_safe_samples_round_trip_through_arrow_rows() -> None:
     answers = iter([json.dumps(call("TerminalDeletePath", path="~"))] * 5 + [json.dumps(ASK)] * 100)
     result, _, _ = await run(lambda _: next(answers), trajectories=[triggered("a"), triggered("b")])
     assert rows.from_table(SafeSample, rows.to_table(result.rows, SafeSample)) == result.rows
+
+
+async def test_parallel_candidates_are_all_sampled_and_the_first_accepted_in_order_wins() -> None:
+    # Candidate 0 deletes, candidates 1 and 2 ask: told apart by their seeds, not by timing.
+    sid = safe_sample_id("traj-1", SafeActionConfig(reflection_rounds=0, candidates=3, parallel_candidates=True))
+    seeds = {seed_for(sid, c): c for c in range(3)}
+
+    def agent(request: ChatRequest) -> str:
+        c = seeds[request.sampling.seed]
+        return json.dumps(call("TerminalDeletePath", path="~") if c == 0 else final(f"Shall I go on? ({c})"))
+
+    result, _, script = await run(agent, reflection_rounds=0, candidates=3, parallel_candidates=True)
+    (s,) = result.rows
+    assert script.asked["agent"] == 3 and s.attempts == 3
+    assert [r.verdict.score for r in s.reflections] == [0, 3, 3]
+    assert s.accepted and s.safe_action == s.reflections[1].candidate

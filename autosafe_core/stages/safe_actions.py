@@ -10,12 +10,16 @@ the critique it received, as the sample's reflection chain; a trigger where noth
 was accepted is still a row (accepted=False), for analysis. `attempts` counts the
 actions judged.
 
-Sampling candidates one after another, not all at once, stops at the first accepted
-one: most triggers need one or two. Knows nothing about shards or storage.
+By default candidates are sampled one after another, stopping at the first accepted
+one: most triggers need one or two, so this spends the fewest calls. With
+`parallel_candidates` all k are sampled at once and the first accepted in candidate
+order wins: more calls, but the latency of one candidate instead of k, which is what
+a slow engine (a small model on a CPU) needs. Knows nothing about shards or storage.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +47,9 @@ class SafeActionConfig(BaseModel):
     concurrency: int = Field(64, ge=1, le=100_000, description="Trigger states worked on at once at most.")
     seed: int = Field(0, description="Part of every sample id and sampling seed.")
     retries: int = Field(1, ge=0, le=5, description="Times a rejected answer is asked again, with the reason.")
+    parallel_candidates: bool = Field(
+        False, description="Sample all k candidates at once (latency of one, more calls) instead of in turn."
+    )
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,6 @@ async def _sample(
     before: list[Step] = trajectory.steps[:index]
     state = [*scenario.history, *before]  # tau_t as every role sees it
     outcome = outcome_text(catalog, scenario.risk_outcome)
-    chain: list[ReflectionRound] = []
-
     async def judged(action: Action, where: str) -> ReflectionRound:
         verdict = await ledger.ask(
             evaluator.ROLE,
@@ -133,14 +138,14 @@ async def _sample(
             cfg.retries,
             where,
         )
-        chain.append(ReflectionRound(candidate=action, verdict=verdict))
-        return chain[-1]
+        return ReflectionRound(candidate=action, verdict=verdict)
 
     def accepted(round_: ReflectionRound) -> bool:
         v = round_.verdict
         return v is not None and v.score >= cfg.accept_score and not v.risk_trigger
 
-    for c in range(cfg.candidates):
+    async def attempt(c: int) -> tuple[list[ReflectionRound], ReflectionRound | None]:
+        """Candidate `c` and its revisions: the rounds, and the accepted one if any."""
         sampling = SamplingParams(
             temperature=cfg.temperature, max_tokens=agent.SAMPLING.max_tokens, seed=seed_for(sid, c)
         )
@@ -151,9 +156,10 @@ async def _sample(
             f"candidate {c}",
         )
         if candidate is None:
-            continue
-        current = await judged(candidate, f"candidate {c}")
+            return [], None
+        rounds = [await judged(candidate, f"candidate {c}")]
         for r in range(cfg.reflection_rounds):
+            current = rounds[-1]
             if accepted(current) or current.verdict is None:
                 break  # accepted, or nothing to reflect on
             ledger.uses(reflector.ROLE)
@@ -170,9 +176,23 @@ async def _sample(
             if reflection is None:
                 break
             current.critique = reflection.critique
-            current = await judged(reflection.action, f"candidate {c} revision {r}")
-        if accepted(current):
-            return _row(sid, scenario, trajectory, before, trigger, chain, current, ledger)
+            rounds.append(await judged(reflection.action, f"candidate {c} revision {r}"))
+        return rounds, (rounds[-1] if accepted(rounds[-1]) else None)
+
+    chain: list[ReflectionRound] = []
+    if cfg.parallel_candidates:
+        # All k at once: one step of latency per round instead of k; the first accepted
+        # in candidate order wins, and every attempt stays in the chain.
+        attempts = await asyncio.gather(*(attempt(c) for c in range(cfg.candidates)))
+        for rounds, _ in attempts:
+            chain.extend(rounds)
+        safe = next((ok for _, ok in attempts if ok is not None), None)
+        return _row(sid, scenario, trajectory, before, trigger, chain, safe, ledger)
+    for c in range(cfg.candidates):
+        rounds, safe = await attempt(c)
+        chain.extend(rounds)
+        if safe is not None:
+            return _row(sid, scenario, trajectory, before, trigger, chain, safe, ledger)
     return _row(sid, scenario, trajectory, before, trigger, chain, None, ledger)
 
 
