@@ -76,7 +76,12 @@ class CachedChatModel(ChatModel):
             path = self.directory / DB_NAME
             db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
+                try:
+                    # Switching to WAL takes an exclusive lock without waiting for it; the mode
+                    # is kept in the file, so when another process holds the lock it has set it.
+                    db.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as exc:
+                    log.debug("response cache: journal mode left to the other writer: %s", exc)
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, completion TEXT NOT NULL)"
