@@ -25,6 +25,7 @@ from autosafe_core.stages import generate, rollout, safe_actions
 from autosafe_core.store import Run, RunManifest, ShardRef, committed_shards, config_hash, read_manifest, update_manifest
 from flows.config import FactoryConfig
 from flows.progress import console as progress_console
+from flows.summary_artifact import publish_summary
 from tasks import dataset
 from tasks.common import catalog
 from tasks.dataset import dataset_shards
@@ -71,6 +72,12 @@ class StageProgress:
     records: dict[str, int] = field(default_factory=dict)
     shards: dict[str, int] = field(default_factory=dict)
     failed: dict[str, list[str]] = field(default_factory=dict)
+    began: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+
+    def seconds(self) -> dict[str, float]:
+        """Wall time per stage: its first task submitted to its last one finished."""
+        return {stage: self.ended[stage] - began for stage, began in self.began.items() if stage in self.ended}
 
     def rate(self, stage: str) -> float:
         return self.records.get(stage, 0) / max(1e-9, time.monotonic() - self.started)
@@ -90,12 +97,15 @@ def run_pipeline(config: FactoryConfig, stages: Iterable[str]) -> RunManifest:
     placement = "ray" if config.runner == "ray" else "local"
     progress = StageProgress()
     with engines({r: config.models.for_role(r) for r in roles}, placement, config.engine_replicas) as refs:
-        _follow(_Shards(run, config, wanted, todo, refs), todo, progress, progress_console())
+        _follow(_Shards(run, config, wanted, todo, refs, progress), todo, progress, progress_console())
         stats = engine_stats(refs) if refs else {}
     _raise_for_failures(run, progress)
     if dataset.STAGE in wanted:
+        progress.began[dataset.STAGE] = time.monotonic()
         dataset_shards.submit(run, config.dataset).result()
+        progress.ended[dataset.STAGE] = time.monotonic()
     manifest = update_manifest(run, extra={"engines": _add_stats(read_manifest(run), stats)})
+    publish_summary(run, manifest, progress.seconds())
     get_run_logger().info(
         "run %s: %s", run.run_id, ", ".join(f"{name} {t.rows} rows" for name, t in manifest.tables.items())
     )
@@ -133,8 +143,17 @@ class _Shards:
     its CPU to a fresh worker process, and every such wait costs a process start.
     """
 
-    def __init__(self, run: Run, config: FactoryConfig, wanted: list[str], todo: dict, refs: dict[str, EngineRef]):
+    def __init__(
+        self,
+        run: Run,
+        config: FactoryConfig,
+        wanted: list[str],
+        todo: dict,
+        refs: dict[str, EngineRef],
+        progress: StageProgress,
+    ):
         self.run = run
+        self.progress = progress
         self.refs = refs
         self.gen_cfg, self.roll_cfg, self.safe_cfg = config.stage_configs()
         self.grid = config.grid()
@@ -157,6 +176,7 @@ class _Shards:
         if not chain:
             return
         stage = chain.pop(0)
+        self.progress.began.setdefault(stage, time.monotonic())
         role_refs = {role: self.refs[role] for role in ROLES_OF[stage]}
         if stage == generate.STAGE:
             start, stop = self.ranges[shard_id]
@@ -205,6 +225,7 @@ def _follow(shards: _Shards, todo: dict, progress: StageProgress, console: Conso
         }
         shards.start()
         for stage, shard_id, future in shards.finished():
+            progress.ended[stage] = time.monotonic()
             try:
                 ref: ShardRef = future.result()
             except Exception as exc:  # the task failed after its retries

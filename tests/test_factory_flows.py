@@ -8,6 +8,7 @@ factory, not the model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -134,3 +135,26 @@ def test_a_server_failing_a_fifth_of_calls_still_yields_a_complete_valid_run(pre
     stored = read_manifest(run_of(config)).model_dump_json()
     assert "sk-test-not-a-secret" not in stored
     assert sum(injected.values()) > 0
+
+
+def test_a_run_publishes_its_summary_as_a_prefect_artifact(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.summary_artifact import artifact_key
+
+    config = scripted_config(tmp_path / "data", run_id="Art_1", scenarios=6, shard_size=3)
+    manifest = launch("run", config)
+
+    async def artifacts():
+        async with get_client() as client:
+            only = ArtifactFilter(key=ArtifactFilterKey(any_=["autosafe-run-art-1"]))
+            return await client.read_artifacts(artifact_filter=only)
+
+    (artifact,) = asyncio.run(artifacts())
+    assert artifact_key("Art_1") == "autosafe-run-art-1" and artifact.type == "markdown"
+    text = artifact.data
+    assert "| scenarios | 6 | 2 |" in text and f"| safe_samples | {manifest.tables['safe_samples'].rows} |" in text
+    assert f"| generator | {manifest.usage_by_role['generator'].calls} |" in text
+    assert "| trajectories | 6 |" in text and "risk-triggered" in text
+    assert all(f"| {stage} | " in text for stage in ("generate", "rollout", "safe_actions", "dataset"))
