@@ -71,6 +71,11 @@ def resolve_config(
         config.check_against(catalog())
     except ValueError as exc:
         raise fail(f"{where}field {exc}") from None
+    from flows.runtime import unreachable_api
+
+    problem = unreachable_api(config.ray_address)
+    if problem:
+        raise fail(f"{where}field 'ray_address': {problem}")
     return config
 
 

@@ -57,7 +57,33 @@ def task_runner(runner: Runner, ray_address: str | None = None, max_workers: int
         init_kwargs["num_cpus"] = max_workers or os.cpu_count()
     # Workers inherit the driver's environment only on a local Ray; a cluster needs it
     # shipped in the runtime env so its tasks report to the same Prefect API.
-    api_url = os.environ.get("PREFECT_API_URL")
-    if api_url:
-        init_kwargs["runtime_env"] = {"env_vars": {"PREFECT_API_URL": api_url}}
+    shipped = {name: os.environ[name] for name in ("PREFECT_API_URL", "PREFECT_API_KEY") if os.environ.get(name)}
+    if shipped:
+        init_kwargs["runtime_env"] = {"env_vars": shipped}
     return RayTaskRunner(address=ray_address, init_kwargs=init_kwargs)
+
+
+def unreachable_api(ray_address: str | None) -> str | None:
+    """Why a remote cluster's workers could not report to the Prefect API, or None.
+
+    Without PREFECT_API_URL a run serves its own API on this machine's loopback, which
+    nodes elsewhere cannot reach; neither can they reach a configured loopback URL.
+    """
+    if not ray_address or _host(ray_address) in _LOOPBACK:
+        return None
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url and _host(api_url) not in _LOOPBACK:
+        return None
+    where = f"PREFECT_API_URL is {api_url}" if api_url else "PREFECT_API_URL is not set"
+    return (
+        f"a remote Ray cluster ({ray_address}) needs a Prefect API its nodes can reach, and {where}; "
+        "set it to your Prefect server (see infra/ray/README.md)"
+    )
+
+
+_LOOPBACK = {"auto", "localhost", "127.0.0.1", "::1", ""}
+
+
+def _host(address: str) -> str:
+    rest = address.split("://", 1)[-1]
+    return rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")

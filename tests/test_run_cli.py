@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -118,3 +119,23 @@ def test_a_stage_without_its_input_exits_2(prefect_server, tmp_path):
     result = invoke("rollout", "--config", str(path), "--storage", str(tmp_path / "data"), "--run-id", "fresh")
     assert result.exit_code == 2 and "run the generate stage first" in result.output, result.output
 
+
+
+@pytest.mark.parametrize(
+    ("api_url", "refused"),
+    [(None, True), ("http://127.0.0.1:4200/api", True), ("http://prefect.internal:4200/api", False)],
+)
+def test_a_remote_cluster_needs_a_prefect_api_its_nodes_can_reach(monkeypatch, tmp_path, api_url, refused):
+    if api_url is None:
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    else:
+        monkeypatch.setenv("PREFECT_API_URL", api_url)
+    overrides = {"ray_address": "ray://head.internal:10001"}
+    if refused:
+        with pytest.raises(typer.Exit) as exit_:
+            resolve_config(None, overrides, str(tmp_path / "data"), None)
+        assert exit_.value.exit_code == 2
+    else:
+        assert resolve_config(None, overrides, str(tmp_path / "data"), None).ray_address == overrides["ray_address"]
+    assert resolve_config(None, {"ray_address": "127.0.0.1:6379"}, str(tmp_path / "data"), None).ray_address
+    assert not (tmp_path / "data").exists()
