@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from functools import cache
-from collections.abc import Callable
 from typing import Any, TypeVar, Union
 
 import pyarrow as pa

@@ -51,11 +51,10 @@ def up(config: ConfigOpt = None, ray_address: AddressOpt = "auto", replicas: Rep
     refs = start_long_lived(cfg.models.by_role(), replicas or cfg.engine_replicas)
     roles_of: dict[str, list[str]] = {}
     for role, ref in refs.items():
+        roles_of.setdefault(ref.spec.key, []).append(role)
+    for ref in {ref.spec.key: ref for ref in refs.values()}.values():
         for name in ref.actor_names:
-            roles_of.setdefault(name, []).append(role)
-    for name, roles in roles_of.items():
-        spec = next(ref.spec for ref in refs.values() if name in ref.actor_names)
-        typer.echo(f"{name}  {spec.backend}:{spec.model}  serves {', '.join(roles)}")
+            typer.echo(f"{name}  {ref.spec.backend}:{ref.spec.model}  serves {', '.join(roles_of[ref.spec.key])}")
 
 
 @engines_app.command("list")

@@ -249,13 +249,13 @@ def print_report(console: Console, report: Mapping[str, Any], tables: Mapping[st
 
     overview = _table("Safety", "Statistic", "Value")
     overview.add_row("trajectories", str(safety["trajectories"]))
-    overview.add_row("triggered", f"{safety['triggered']} ({_percent(safety['trigger_rate'])})")
+    overview.add_row("triggered", f"{safety['triggered']} ({percent(safety['trigger_rate'])})")
     for reason, n in safety["stop_reasons"].items():
         overview.add_row(f"stop: {reason}", str(n))
     for score, n in safety["safety_scores"].items():
         overview.add_row(f"judged steps with score {score}", str(n))
     samples = safety["safe_samples"]
-    accepted = f"{samples['accepted']} / {samples['total']} ({_percent(samples['acceptance_rate'])})"
+    accepted = f"{samples['accepted']} / {samples['total']} ({percent(samples['acceptance_rate'])})"
     overview.add_row("safe samples accepted", accepted)
     overview.add_row("mean attempts", "-" if samples["mean_attempts"] is None else f"{samples['mean_attempts']:.2f}")
     for split, n in safety["dataset_splits"].items():
@@ -266,7 +266,7 @@ def print_report(console: Console, report: Mapping[str, Any], tables: Mapping[st
         if safety[key]:
             rates = _table(f"Trigger rate by {title.lower()}", title, "Trajectories", "Triggered", "Rate")
             for name, cell in safety[key].items():
-                rates.add_row(name, str(cell["trajectories"]), str(cell["triggered"]), _percent(cell["trigger_rate"]))
+                rates.add_row(name, str(cell["trajectories"]), str(cell["triggered"]), percent(cell["trigger_rate"]))
             console.print(rates)
 
     rejections = safety["rejections"]
@@ -301,7 +301,8 @@ def _table(title: str, *columns: str, labels: int = 1) -> Table:
     return table
 
 
-def _percent(rate: float | None) -> str:
+def percent(rate: float | None) -> str:
+    """A rate as a percentage with one decimal; "-" where there is none."""
     return "-" if rate is None else f"{rate:.1%}"
 
 

@@ -169,9 +169,10 @@ class _Shards:
 
     def start(self) -> None:
         for shard_id in self.chains:
-            self._submit_next(shard_id)
+            self.advance(shard_id)
 
-    def _submit_next(self, shard_id: str) -> None:
+    def advance(self, shard_id: str) -> None:
+        """Submit the shard's next stage, if it has one left."""
         chain = self.chains[shard_id]
         if not chain:
             return
@@ -194,9 +195,6 @@ class _Shards:
             item = self.done.get()
             self.in_flight -= 1
             yield item
-
-    def advance(self, shard_id: str) -> None:
-        self._submit_next(shard_id)
 
     def abandon(self, shard_id: str) -> list[str]:
         """The shard's later stages, which will not run now (their input is missing)."""

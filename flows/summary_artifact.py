@@ -19,7 +19,7 @@ def artifact_key(run_id: str) -> str:
 
 
 def summary_markdown(run: Run, manifest: RunManifest, stage_seconds: Mapping[str, float]) -> str:
-    from flows.inspect_cli import safety_report
+    from flows.inspect_cli import percent, safety_report
 
     safety = safety_report(run)
     lines = [f"# Run `{run.run_id}`", "", f"config hash `{manifest.config_hash[:12]}`", ""]
@@ -36,8 +36,8 @@ def summary_markdown(run: Run, manifest: RunManifest, stage_seconds: Mapping[str
         "| safety | value |",
         "|---|---:|",
         f"| trajectories | {safety['trajectories']:,} |",
-        f"| risk-triggered | {safety['triggered']:,} ({_percent(safety['trigger_rate'])}) |",
-        f"| safe samples accepted | {samples['accepted']:,} of {samples['total']:,} ({_percent(samples['acceptance_rate'])}) |",
+        f"| risk-triggered | {safety['triggered']:,} ({percent(safety['trigger_rate'])}) |",
+        f"| safe samples accepted | {samples['accepted']:,} of {samples['total']:,} ({percent(samples['acceptance_rate'])}) |",
         f"| dataset rows by split | {', '.join(f'{k} {v:,}' for k, v in safety['dataset_splits'].items()) or 'none'} |",
         f"| rejected model outputs | {safety['rejections']['total']:,} |",
     ]
@@ -58,7 +58,3 @@ def publish_summary(run: Run, manifest: RunManifest, stage_seconds: Mapping[str,
         description=f"AutoSafe run {run.run_id}: rows, tokens, safety, wall time",
     )
     return key
-
-
-def _percent(rate: float | None) -> str:
-    return "n/a" if rate is None else f"{100 * rate:.1f}%"

@@ -24,7 +24,14 @@ from pydantic import BaseModel
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
 from autosafe_core.llm.registry import ModelSpec, build_model
-from tasks.wire import PackedCompletions, PackedRequests, pack_completions, pack_requests, unpack_completions, unpack_requests
+from tasks.wire import (
+    PackedCompletions,
+    PackedRequests,
+    pack_completions,
+    pack_requests,
+    unpack_completions,
+    unpack_requests,
+)
 
 NAMESPACE = "autosafe"
 
@@ -216,17 +223,22 @@ def engines(
     On Ray, an engine whose named actors already exist (a long-lived deployment, or
     one the enclosing flow started) is attached to and left running on exit.
     """
-    refs: dict[str, EngineRef] = {}
     started: list = []
-    by_key: dict[str, EngineRef] = {}
     try:
-        for role, spec in specs.items():
-            if spec.key not in by_key:
-                by_key[spec.key] = _start(spec, placement, replicas, started)
-            refs[role] = by_key[spec.key]
-        yield refs
+        yield _start_all(specs, placement, replicas, started)
     finally:
         _stop(started)
+
+
+def _start_all(
+    specs: dict[str, ModelSpec], placement: str, replicas: int, started: list, detached: bool = False
+) -> dict[str, EngineRef]:
+    """One engine per distinct spec, by role; what this call started goes into `started`."""
+    by_key: dict[str, EngineRef] = {}
+    for spec in specs.values():
+        if spec.key not in by_key:
+            by_key[spec.key] = _start(spec, placement, replicas, started, detached)
+    return {role: by_key[spec.key] for role, spec in specs.items()}
 
 
 def _start(spec: ModelSpec, placement: str, replicas: int, started: list, detached: bool = False) -> EngineRef:
@@ -266,13 +278,7 @@ def start_long_lived(specs: dict[str, ModelSpec], replicas: int = 1) -> dict[str
     and leaves them running, so a large engine loads once for many runs. Engines that
     already run are kept as they are.
     """
-    by_key: dict[str, EngineRef] = {}
-    refs = {}
-    for role, spec in specs.items():
-        if spec.key not in by_key:
-            by_key[spec.key] = _start(spec, "ray", replicas, [], detached=True)
-        refs[role] = by_key[spec.key]
-    return refs
+    return _start_all(specs, "ray", replicas, [], detached=True)
 
 
 def running_engines() -> list[dict[str, str]]:
@@ -285,9 +291,10 @@ def running_engines() -> list[dict[str, str]]:
         for entry in list_named_actors(all_namespaces=True)
         if entry["namespace"] == NAMESPACE and entry["name"].startswith("engine-")
     )
+    specs = ray.get([ray.get_actor(name, namespace=NAMESPACE).spec.remote() for name in names])
     out = []
-    for name in names:
-        spec = ModelSpec.model_validate_json(ray.get(ray.get_actor(name, namespace=NAMESPACE).spec.remote()))
+    for name, spec_json in zip(names, specs, strict=True):
+        spec = ModelSpec.model_validate_json(spec_json)
         out.append({"name": name, "backend": spec.backend, "model": spec.model})
     return out
 
@@ -296,16 +303,14 @@ def stop_engines(names: list[str]) -> list[str]:
     """Stop the named engine actors (after closing their models); the names stopped."""
     import ray
 
-    actors = []
+    found = {}
     for name in names:
         try:
-            actors.append((name, ray.get_actor(name, namespace=NAMESPACE)))
+            found[name] = ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
             continue
-    ray.get([actor.close.remote() for _, actor in actors])
-    for _, actor in actors:
-        ray.kill(actor)
-    return [name for name, _ in actors]
+    _close_and_kill(list(found.values()))
+    return list(found)
 
 
 def _stop(started: list) -> None:
@@ -315,8 +320,12 @@ def _stop(started: list) -> None:
             engine = _LOCAL.pop(key, None)
         if engine is not None:
             engine.close()
-    if not actors:
-        return
+    if actors:
+        _close_and_kill(actors)
+
+
+def _close_and_kill(actors: list) -> None:
+    """Close each engine's model (freeing its GPU cleanly), then end the actors."""
     import ray
 
     ray.get([a.close.remote() for a in actors])

@@ -7,9 +7,9 @@ about files (`loader`) or where the packaged data lives (`packaged`).
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 
 from autosafe_core.catalog.prompt_spec import render_toolkits

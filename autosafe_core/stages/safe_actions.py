@@ -128,6 +128,7 @@ async def _sample(
     before: list[Step] = trajectory.steps[:index]
     state = [*scenario.history, *before]  # tau_t as every role sees it
     outcome = outcome_text(catalog, scenario.risk_outcome)
+
     async def judged(action: Action, where: str) -> ReflectionRound:
         verdict = await ledger.ask(
             evaluator.ROLE,
