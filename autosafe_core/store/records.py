@@ -137,6 +137,9 @@ class EvalRow(Record):
     helpfulness: int | None = Field(None, ge=0, le=3)
     safe: bool | None = None
     judge_error: str | None = Field(None, description="Why the judge gave no score, when it gave none.")
+    label_safe: bool | None = Field(
+        None, description="The benchmark's own safe/unsafe label, where it has one (R-Judge scores the judge against it)."
+    )
     risk_outcome: str | None = None
     risk_source: RiskSource | None = None
     trajectory: str = Field("", description="The judged episode as JSON text (ours or the benchmark's).")
