@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup system-deps quickstart test bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,7 +21,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 quickstart: setup
 	$(VENV)/bin/autosafe run
 
-test: setup
+# Debian packages the tests use: chromium for the browser tests of the Prefect UI and the
+# evaluation report, bubblewrap for the sandboxed terminal evaluation.
+SYSTEM_PACKAGES := chromium chromium-driver bubblewrap
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v bwrap >/dev/null \
+	  || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(SYSTEM_PACKAGES); }
+
+test: setup system-deps
 	$(PY) -m pytest
 
 clean:
