@@ -52,7 +52,7 @@ from autosafe_core.store import (
 from autosafe_core.store import shards as shards_module
 from autosafe_core.store.location import put_whole
 from autosafe_core.store.manifest import manifest_path
-from autosafe_core.store.records import trajectories_from_rows, trajectory_rows
+from autosafe_core.store.records import TrainingStepRow, trajectories_from_rows, trajectory_rows
 from autosafe_core.store.shards import run_dir
 from tests.support.s3 import moto_s3, s3_storage  # noqa: F401 - fixtures
 from tests.support.samples import safe_sample
@@ -124,6 +124,13 @@ def eval_row(i: int) -> EvalRow:
     )
 
 
+def training_row(step: int) -> TrainingStepRow:
+    return TrainingStepRow(
+        id=stable_id("job", step), train_id="job", step=step, epoch=step / 4, loss=2.0 / step, learning_rate=1e-4,
+        tokens=512, target_tokens=64, seconds=0.5, tokens_per_s=1024.0, tokens_per_s_per_device=512.0, devices=2,
+    )  # fmt: skip
+
+
 SAMPLES = {
     "scenarios": ("generate", lambda: [scenario(i) for i in range(3)]),
     "trajectories": ("rollout", lambda: [trajectory(0), trajectory(1, steps=1), trajectory(2, steps=0)]),
@@ -137,6 +144,7 @@ SAMPLES = {
         ],
     ),
     "dataset": ("dataset", lambda: [dataset_row(i) for i in range(3)]),
+    "training": ("finetune", lambda: [training_row(i) for i in (1, 2)]),
     "eval": ("evaluate", lambda: [eval_row(i) for i in range(3)]),
     "rejections": (
         "dataset",

@@ -144,3 +144,22 @@ class EvalRow(Record):
     risk_source: RiskSource | None = None
     trajectory: str = Field("", description="The judged episode as JSON text (ours or the benchmark's).")
     provenance: Provenance = Field(default_factory=Provenance)
+
+
+class TrainingStepRow(Record):
+    """One optimizer step of a fine-tuning job: its loss and throughput (the `training` table)."""
+
+    id: str = Field(description="stable_id(train_id, step)")
+    train_id: str = Field(description="The job: what it learns from what (autosafe_core.training.config).")
+    step: int = Field(ge=1)
+    epoch: float = Field(ge=0, description="Examples consumed over examples per epoch.")
+    loss: float = Field(description="Mean loss on target tokens over the step's micro-batches and processes.")
+    learning_rate: float
+    grad_norm: float | None = None
+    tokens: int = Field(ge=0, description="Tokens processed in the step (padding excluded), all processes.")
+    target_tokens: int = Field(ge=0, description="Of which carry the loss.")
+    seconds: float = Field(ge=0, description="Wall time of the step.")
+    tokens_per_s: float = Field(ge=0)
+    tokens_per_s_per_device: float = Field(ge=0)
+    devices: int = Field(ge=1, description="Training processes (GPUs, or CPU processes).")
+    peak_memory_gb: float | None = Field(None, description="Peak accelerator memory of the first process so far.")

@@ -20,7 +20,14 @@ from pydantic import BaseModel, Field
 
 from autosafe_core.ots import Record, Rejection, SafeSample, Scenario, Trajectory, Usage
 from autosafe_core.rows import arrow_schema, from_table, to_row
-from autosafe_core.store.records import DatasetRow, EvalRow, TrajectoryStepRow, trajectories_from_rows, trajectory_rows
+from autosafe_core.store.records import (
+    DatasetRow,
+    EvalRow,
+    TrainingStepRow,
+    TrajectoryStepRow,
+    trajectories_from_rows,
+    trajectory_rows,
+)
 
 
 class Lineage(Record):
@@ -68,6 +75,7 @@ TABLES: dict[str, Table] = {
         Table("trajectories", Trajectory, TrajectoryStepRow, _flatten_trajectories, trajectories_from_rows),
         Table("safe_samples", SafeSample, SafeSample),
         Table("dataset", DatasetRow, DatasetRow),
+        Table("training", TrainingStepRow, TrainingStepRow),
         Table("eval", EvalRow, EvalRow),
         Table("rejections", Rejection, Rejection),
     )
