@@ -215,6 +215,14 @@ def test_a_report_needs_rows():
         render_report([], "r")
 
 
+def test_a_benchmark_judged_by_nobody_reports_only_its_judge_errors():
+    rows = [r.model_copy(update={"safety_score": None, "helpfulness": None, "judge_error": "judge down"}) for r in agent_rows()]
+    page = render_report(rows, "r", Bootstrap(resamples=100))
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page))
+    assert re.search(r"24\s+judge errors", text) and re.search(r"judge down\s+12", text)
+    assert "45.5%" not in text and len(images(page)) == 3
+
+
 def test_a_benchmark_with_one_model_has_no_comparison():
     rows = [r for r in agent_rows() if r.model_label == "base"]
     page = render_report(rows, "r", Bootstrap(resamples=100))

@@ -33,7 +33,6 @@ from autosafe_core.evaluation.metrics import (
     BenchmarkMetrics,
     Delta,
     Estimate,
-    EvalMetrics,
     compute_metrics,
     exclusion,
     is_safe,
@@ -371,15 +370,14 @@ def render_report(
     settings: Bootstrap | None = None,
     examples: int = 3,
     generated_at: datetime | None = None,
-    metrics: EvalMetrics | None = None,
 ) -> str:
     """The HTML page of an evaluation's rows.
 
-    examples: cases shown turn by turn per benchmark; metrics: computed already (else from rows).
+    examples: cases shown turn by turn per benchmark; generated_at: the time the page states (default now).
     """
     if not rows:
         raise ValueError("no eval rows to report on")
-    metrics = metrics or compute_metrics(rows, settings)
+    metrics = compute_metrics(rows, settings)
     by_benchmark: dict[str, list[EvalRow]] = {}
     for row in rows:
         by_benchmark.setdefault(row.benchmark, []).append(row)
