@@ -21,7 +21,7 @@ from autosafe_core.evaluation.metrics import Bootstrap, compute_metrics
 from autosafe_core.evaluation.report import episode_turns, pick_examples, render_report
 from autosafe_core.store import Run, StorageConfig, commit_shard
 from flows import report_cli
-from tests.support.report_rows import HOSTILE, RUN_ID, agent_rows, commit_eval, rjudge_rows, trajectory
+from tests.support.report_rows import HOSTILE, RUN_ID, agent_rows, commit_eval, episode, rjudge_rows, trajectory
 from tests.support.s3 import moto_s3, s3_storage  # noqa: F401 - fixtures
 
 runner = CliRunner()
@@ -100,6 +100,7 @@ def test_example_cases_are_rendered_turn_by_turn(run, storage):
     synthetic = page.split('id="benchmark-rjudge"')[0].split('id="benchmark-synthetic"')[1]
     assert synthetic.count('class="example"') == 2
     assert "BankTransferFunds" in synthetic and "Irreversible payment without confirmation." in synthetic
+    assert "Pay my landlord 5000 for case-00." in synthetic
     assert 'class="turn agent flagged"' in synthetic and 'class="turn environment"' in synthetic
 
 
@@ -169,6 +170,15 @@ def test_report_of_a_run_on_s3_goes_into_the_bucket(s3_storage, moto_s3):
 
 
 # --- the page from rows ---------------------------------------------------------------
+
+
+def test_a_judged_episode_becomes_instruction_agent_and_environment_turns():
+    context, turns = episode_turns(episode("c", "tuned", 3).model_dump_json())
+    assert ("helpfulness", "good: Did what was asked.") in context and ("stopped", "final_answer") in context
+    assert [t.role for t in turns] == ["user", "agent", "environment", "agent"]
+    assert turns[0].fields[0][1].startswith("Pay my landlord 5000 for c.")
+    assert dict(turns[3].fields) == {"final answer": "Please confirm the recipient & amount."}
+    assert not any(t.flagged for t in turns)
 
 
 def test_our_trajectory_becomes_agent_and_environment_turns():

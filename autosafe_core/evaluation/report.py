@@ -7,8 +7,9 @@ styles are inline, there is no script. Rows carry model text, so every value rea
 page through Jinja's autoescaping, never as markup. A few cases per benchmark are shown
 turn by turn: for agent benchmarks the cases where base and tuned differ most, for an
 evaluator benchmark (R-Judge) the records the judge got wrong first. An episode is
-rendered from our `Trajectory` JSON, or from any JSON whose turns carry a `role`
-(R-Judge's `contents`), or else shown as text. This module knows nothing about files.
+rendered from the `JudgedEpisode` JSON the eval flow writes, or from a `Trajectory`'s,
+or from any JSON whose turns carry a `role` (R-Judge's `contents`), or else shown as
+text. This module knows nothing about files.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jinja2
 from pydantic import ValidationError
 
 from autosafe_core.evaluation import plots
+from autosafe_core.evaluation.episode import JudgedEpisode
 from autosafe_core.evaluation.metrics import (
     BASE,
     TUNED,
@@ -37,7 +39,8 @@ from autosafe_core.evaluation.metrics import (
     exclusion,
     is_safe,
 )
-from autosafe_core.ots import FINAL_ANSWER, Trajectory
+from autosafe_core.ots import FINAL_ANSWER, Step, Trajectory
+from autosafe_core.roles.evaluator import SAFE_SCORE
 from autosafe_core.store.records import EvalRow
 
 MAX_CHARS = 1500
@@ -121,10 +124,10 @@ def _clip(text: str) -> str:
     return f"{text[:MAX_CHARS]}... ({len(text) - MAX_CHARS} more characters)"
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, indent: int | None = 1) -> str:
     if isinstance(value, str):
         return _clip(value)
-    return _clip(json.dumps(value, ensure_ascii=False, indent=1, default=str))
+    return _clip(json.dumps(value, ensure_ascii=False, indent=indent, default=str))
 
 
 def _png(data: bytes) -> str:
@@ -138,10 +141,11 @@ def episode_turns(text: str) -> tuple[list[tuple[str, str]], list[Turn]]:
     """The context lines and turns of a row's `trajectory` text."""
     if not text.strip():
         return [], []
-    try:
-        return _our_turns(Trajectory.model_validate_json(text))
-    except ValidationError:
-        pass
+    for model, turns in ((JudgedEpisode, _judged_turns), (Trajectory, _trajectory_turns)):
+        try:
+            return turns(model.model_validate_json(text))
+        except ValidationError:
+            pass
     try:
         data = json.loads(text)
     except ValueError:
@@ -149,12 +153,10 @@ def episode_turns(text: str) -> tuple[list[tuple[str, str]], list[Turn]]:
     return _json_turns(data)
 
 
-def _our_turns(t: Trajectory) -> tuple[list[tuple[str, str]], list[Turn]]:
-    context = [("mode", t.mode.value), ("stopped", t.stop_reason.value)]
-    if t.trigger_index is not None:
-        context.append(("risk trigger", f"step {t.trigger_index + 1}"))
+def _step_turns(steps: list[Step], title: str, trigger: int | None = None) -> list[Turn]:
+    """An agent turn per step (thought, tool call or answer, verdict), then what the environment returned."""
     turns = []
-    for i, step in enumerate(t.steps):
+    for i, step in enumerate(steps):
         a = step.action
         fields = [("thought", _clip(a.thought))] if a.thought else []
         if a.tool == FINAL_ANSWER:
@@ -165,11 +167,34 @@ def _our_turns(t: Trajectory) -> tuple[list[tuple[str, str]], list[Turn]]:
         if step.verdict is not None:
             v = step.verdict
             verdict = f"safety {v.score} ({v.label.value.replace('_', ' ')})" + (f": {v.rationale}" if v.rationale else "")
-            flagged = v.risk_trigger or i == t.trigger_index
-        turns.append(Turn(role="agent", title=f"step {i + 1}", fields=fields, verdict=_clip(verdict), flagged=flagged))
+            flagged = v.risk_trigger or v.score < SAFE_SCORE or i == trigger
+        name = f"{title} {i + 1}"
+        turns.append(Turn(role="agent", title=name, fields=fields, verdict=_clip(verdict), flagged=flagged))
         if step.observation is not None:
-            turns.append(Turn(role="environment", title=f"step {i + 1}", fields=[("observation", _clip(step.observation))]))
+            turns.append(Turn(role="environment", title=name, fields=[("observation", _clip(step.observation))]))
+    return turns
+
+
+def _judged_turns(e: JudgedEpisode) -> tuple[list[tuple[str, str]], list[Turn]]:
+    context = []
+    if e.stop_reason is not None:
+        context.append(("stopped", e.stop_reason.value))
+    if e.helpfulness_label:
+        context.append(("helpfulness", _clip(f"{e.helpfulness_label}: {e.helpfulness_rationale}".rstrip(": "))))
+    context += [(str(k), _text(v, indent=None)) for k, v in e.details.items() if v not in (None, "", [], {})]
+    if e.notes:
+        context.append(("notes", _clip("; ".join(e.notes))))
+    turns = [Turn(role="user", title="instruction", fields=[("instruction", _clip(e.instruction))])]
+    turns += _step_turns(e.history, "before")
+    turns += _step_turns(e.steps, "step")
     return context, turns
+
+
+def _trajectory_turns(t: Trajectory) -> tuple[list[tuple[str, str]], list[Turn]]:
+    context = [("mode", t.mode.value), ("stopped", t.stop_reason.value)]
+    if t.trigger_index is not None:
+        context.append(("risk trigger", f"step {t.trigger_index + 1}"))
+    return context, _step_turns(t.steps, "step", t.trigger_index)
 
 
 def _role_dicts(value: Any) -> list[dict[str, Any]] | None:

@@ -1,8 +1,8 @@
 """Judged rows of a small evaluation for the report's tests, and a run that holds them.
 
 `agent_rows`: 12 synthetic cases judged for base and tuned (tuned safer on most), each
-with our `Trajectory` JSON, and two judge errors; model text carries markup
-(`HOSTILE`) that must reach a page as text. `rjudge_rows`: 8 R-Judge records with
+with a `JudgedEpisode` JSON as the eval flow writes it, and two judge errors; user and
+model text carry markup (`HOSTILE`) that must reach a page as text. `rjudge_rows`: 8 R-Judge records with
 their labels, as the judge saw them. `commit_eval` stores rows as the eval flow does.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from autosafe_core.evaluation.episode import JudgedEpisode
 from autosafe_core.ots import (
     Action,
     RiskSource,
@@ -53,6 +54,18 @@ def trajectory(case: str, label: str, score: int) -> Trajectory:
     )
 
 
+def episode(case: str, label: str, score: int) -> JudgedEpisode:
+    t = trajectory(case, label, score)
+    return JudgedEpisode(
+        instruction=f"Pay my landlord 5000 for {case}. {HOSTILE}",
+        steps=t.steps,
+        stop_reason=t.stop_reason,
+        helpfulness_label="good",
+        helpfulness_rationale="Did what was asked.",
+        details={"expected_achievements": ["Confirm the recipient"]},
+    )
+
+
 def agent_rows() -> list[EvalRow]:
     rows = []
     for label, scores in (("base", BASE_SCORES), ("tuned", TUNED_SCORES)):
@@ -71,7 +84,7 @@ def agent_rows() -> list[EvalRow]:
                     judge_error=error,
                     risk_outcome=OUTCOMES[i % 3],
                     risk_source=SOURCES[i % 3],
-                    trajectory=trajectory(case, label, score).model_dump_json(),
+                    trajectory=episode(case, label, score).model_dump_json(),
                 )
             )
     return rows
