@@ -17,10 +17,13 @@ import typer
 from markupsafe import escape
 from typer.testing import CliRunner
 
+from autosafe_core.evaluation.benchmarks.case import BenchmarkCase
 from autosafe_core.evaluation.metrics import Bootstrap, compute_metrics
 from autosafe_core.evaluation.report import episode_turns, pick_examples, render_report
+from autosafe_core.evaluation.run_cases import CaseModels, EvalConfig, run_cases
 from autosafe_core.store import Run, StorageConfig, commit_shard
 from flows import report_cli
+from tests.support.method import SAFE, TERMINAL, UNSAFE, final, judged, scenario, scripted, toy_catalog
 from tests.support.report_rows import HOSTILE, RUN_ID, agent_rows, commit_eval, episode, rjudge_rows, trajectory
 from tests.support.s3 import moto_s3, s3_storage  # noqa: F401 - fixtures
 
@@ -218,6 +221,27 @@ def test_examples_show_the_largest_change_first_and_the_judges_mistakes_first():
     assert [ep.model_label for ep in synthetic[0].episodes] == ["base", "tuned"]
     rjudge = pick_examples(metrics.benchmarks["rjudge"], [r for r in rows if r.benchmark == "rjudge"], 1)
     assert rjudge[0].case_id == "0"
+
+
+async def test_rows_the_case_runner_writes_render_turn_by_turn():
+    """Rows as `run_cases` writes them (a JudgedEpisode per row) become figures and turns."""
+    catalog = toy_catalog()
+    cases = [
+        BenchmarkCase(benchmark="toy", case_id=f"c{i}", scenario=scenario(id=f"s-c{i}"), toolkits=[TERMINAL])
+        for i in range(3)
+    ]
+    rows = []
+    for label, verdict in (("base", UNSAFE), ("tuned", SAFE)):
+        model, _ = scripted(agent=final("Shall I delete ~/cache?"), evaluator=verdict, helpfulness=judged("good"))
+        result = await run_cases(
+            cases, CaseModels(evaluator=model, agent=model, simulator=model), EvalConfig(), catalog,
+            stage=f"toy.{label}", label=label,
+        )  # fmt: skip
+        rows += result.rows
+    page = render_report(rows, "r", Bootstrap(resamples=100))
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page))
+    assert re.search(r"base\s+3\s+3\s+0\s+0\.0%", text) and re.search(r"tuned\s+3\s+3\s+0\s+100\.0%", text)
+    assert "Shall I delete ~/cache?" in text and "USER" in text.upper()
 
 
 def test_a_report_needs_rows():
