@@ -13,7 +13,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import typer  # noqa: E402
 
-from flows import inspect_cli, report_cli, run_cli  # noqa: E402
+from flows import eval_cli, inspect_cli, report_cli, run_cli  # noqa: E402
 from flows.catalog_cli import catalog_app  # noqa: E402
 from flows.engines_cli import engines_app  # noqa: E402
 from flows.model_cli import model_app  # noqa: E402
@@ -25,6 +25,7 @@ app.add_typer(engines_app, name="engines", help="Long-lived engines on a Ray clu
 run_cli.register(app)
 inspect_cli.register(app)
 report_cli.register(app)
+eval_cli.register(app)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from autosafe_core.evaluation.run_cases import EvalConfig
 from autosafe_core.llm.registry import ModelSpec
 from autosafe_core.ots import RiskSource
 from autosafe_core.stages.generate import GenerateConfig
@@ -79,6 +80,11 @@ class FactoryConfig(BaseModel):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Quality filter, dedup, split.")
     finetune: bool = Field(True, description="Run the fine-tune flow after the dataset (when available).")
     evaluate: bool = Field(True, description="Run the evaluate flow after fine-tuning (when available).")
+    evaluation: EvalConfig = Field(
+        default_factory=lambda: EvalConfig(max_cases=8, max_steps=3),
+        description="How the evaluate flow runs the held-out cases. The default is sized for a small model on "
+        "a CPU: at most 8 cases, 3 agent steps each; set max_cases to null for the whole test split.",
+    )
 
     @field_validator("run_id")
     @classmethod
@@ -129,7 +135,10 @@ class FactoryConfig(BaseModel):
         )
 
 
-_NOT_CONTENT = {"run_id", "storage", "runner", "ray_address", "engine_replicas", "concurrency", "finetune", "evaluate"}
+# Evaluation settings do not change the run's data; the eval table keys its rows by them instead.
+_NOT_CONTENT = {
+    "run_id", "storage", "runner", "ray_address", "engine_replicas", "concurrency", "finetune", "evaluate", "evaluation"
+}
 
 
 def load_config_file(path: Path) -> dict:

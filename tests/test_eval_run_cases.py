@@ -88,7 +88,7 @@ async def test_a_judge_answering_garbage_gives_a_judge_error_and_no_scores() -> 
     assert row.judge_error is not None and row.judge_error.startswith("safety judge: step 0: no JSON object")
     assert (row.safety_score, row.helpfulness, row.safe) == (None, None, None)
     assert script.asked["evaluator"] == 2 and "helpfulness" not in script.asked  # asked again once, then given up
-    assert result.counters["eval.judge_errors"] == 1
+    assert result.counters == {"cases": 1, "judge_errors": 1}
     assert {r.stage for r in result.rejections} == {"toy.base.x"}
 
 

@@ -66,7 +66,7 @@ class CaseModels:
 
 @dataclass
 class EvalResult(StageResult[EvalRow]):
-    """Rows, rejections, provenance, and counters (cases, judge errors, rejected answers)."""
+    """Rows, rejections, provenance, and counters (cases, judge errors)."""
 
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -125,11 +125,7 @@ async def run_cases(
     provenance = result.provenance
     for p in extra_provenance:
         provenance = provenance.merge(p)
-    counters = {
-        "eval.cases": len(rows),
-        "eval.judge_errors": sum(r.judge_error is not None for r in rows),
-        "eval.rejections": len(result.rejections) + len(extra),
-    }
+    counters = {"cases": len(rows), "judge_errors": sum(r.judge_error is not None for r in rows)}
     return EvalResult(rows, result.rejections + extra, provenance, counters)
 
 
