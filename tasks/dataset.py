@@ -6,6 +6,10 @@ Each split is committed as its own shard of `dataset` (shard id = split name), a
 the dropped samples (rejections, shard "all"). The result is a function of the
 committed safe samples, so a resumed task recomputes the same rows and commits only
 the splits that are missing.
+
+`dedup_against` names earlier runs in the same storage (the nightly's earlier nights):
+the samples their datasets hold count as seen, so a sample that repeats one of them is
+dropped, and counted in the `dataset.earlier_duplicates` counter.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from autosafe_core.stages import safe_actions
 from autosafe_core.stages.dedup import DedupConfig, dedup
 from autosafe_core.stages.quality import QualityConfig, quality_filter
 from autosafe_core.stages.split import SPLITS, check_fractions, split
-from autosafe_core.store import Run, ShardRef, commit_shard, read_commit, read_records
+from autosafe_core.ots import SafeSample
+from autosafe_core.store import Run, ShardRef, commit_shard, read_commit, read_records, read_table
+from autosafe_core.store.run import check_name
 from tasks.common import catalog, shard_task
 
 TABLE = "dataset"
@@ -33,12 +39,36 @@ class DatasetConfig(BaseModel):
     embeddings: bool = Field(True, description="Drop near duplicates by MiniLM embeddings (exact dedup always).")
     split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="Train, validation, test fractions.")
     split_seed: int = Field(0, description="Seed of the scenario hash that assigns splits.")
+    dedup_against: tuple[str, ...] = Field(
+        (),
+        description="Earlier run ids in the same storage whose datasets count as already made: a sample "
+        "repeating one of theirs is dropped. The nightly fills it with the earlier nights.",
+    )
 
     @field_validator("split")
     @classmethod
     def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         check_fractions(v)
         return v
+
+    @field_validator("dedup_against")
+    @classmethod
+    def _run_ids(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, run_id in enumerate(v):
+            check_name(f"dedup_against[{i}]: run id", run_id)
+        return v
+
+
+def earlier_samples(run: Run, run_ids: tuple[str, ...]) -> list[SafeSample]:
+    """The safe samples that the datasets of the runs `run_ids` (same storage as `run`) hold."""
+    samples: list[SafeSample] = []
+    for run_id in run_ids:
+        earlier = Run(run_id=run_id, storage=run.storage)
+        in_dataset = set(read_table(earlier, TABLE, columns=["safe_sample_id"])["safe_sample_id"].to_pylist())
+        samples += [
+            s for s in read_records(earlier, "safe_samples", stages=[safe_actions.STAGE]) if s.id in in_dataset
+        ]
+    return samples
 
 
 def _embedder(cfg: DatasetConfig):
@@ -57,7 +87,10 @@ def dataset_shards(run: Run, cfg: DatasetConfig, shard_id: str = "all") -> list[
         return done
     samples = read_records(run, "safe_samples", stages=[safe_actions.STAGE])
     kept, dropped = quality_filter(samples, cfg.quality)
-    result = dedup(kept, _embedder(cfg), cfg.dedup)
+    seen = earlier_samples(run, cfg.dedup_against)
+    result = dedup(kept, _embedder(cfg), cfg.dedup, seen=seen)
+    seen_ids = {s.id for s in seen}
+    earlier_duplicates = sum(d.duplicate_of in seen_ids for d in result.dropped)
     dropped += result.dropped
     commit_shard(run, "rejections", STAGE, DROPPED_SHARD, [d.rejection() for d in dropped])
     from autosafe_core.training.sft_export import export_rows
@@ -70,7 +103,8 @@ def dataset_shards(run: Run, cfg: DatasetConfig, shard_id: str = "all") -> list[
             commit_shard(
                 run, TABLE, STAGE, name, rows,
                 counters={"dataset.quality_dropped": sum(d.step == "quality" for d in dropped),
-                          "dataset.dedup_dropped": sum(d.step == "dedup" for d in dropped)} if name == SPLITS[0] else {},
+                          "dataset.dedup_dropped": sum(d.step == "dedup" for d in dropped),
+                          "dataset.earlier_duplicates": earlier_duplicates} if name == SPLITS[0] else {},
             )
         )
     return refs

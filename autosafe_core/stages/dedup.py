@@ -68,6 +68,8 @@ class Dropped:
     sample: SafeSample
     reason: str
     step: Literal["quality", "dedup"] = "dedup"
+    duplicate_of: str | None = None
+    """The id of the kept or seen sample this one duplicates (dedup only)."""
 
     def rejection(self) -> Rejection:
         """The same fact as a `Rejection` row."""
@@ -176,14 +178,14 @@ def dedup(
     # survivor of a duplicate group never depends on how the batch was shuffled.
     order = sorted(range(len(samples)), key=lambda i: samples[i].id)
     texts = {i: training_text(samples[i], cfg.compare) for i in order}
-    reasons: dict[int, str] = {}
+    reasons: dict[int, tuple[str, str]] = {}  # index -> (reason, id of the sample it duplicates)
     candidates: list[int] = []
     hashes: dict[int, str] = {}
     for i in order:
         h = content_hash(texts[i])
         hashes[i] = h
         if h in first_with_hash:
-            reasons[i] = f"exact duplicate of {first_with_hash[h]}"
+            reasons[i] = (f"exact duplicate of {first_with_hash[h]}", first_with_hash[h])
         else:
             first_with_hash[h] = samples[i].id
             candidates.append(i)
@@ -206,13 +208,13 @@ def dedup(
                 if local[k] > cos:  # ties go to the pool, whose samples come first
                     cos, owner = float(local[k]), samples[block[k]].id
                 if owner is not None and cos >= cfg.near_duplicate_threshold:
-                    reasons[block[j]] = f"near duplicate of {owner} (cos {cos:.2f})"
+                    reasons[block[j]] = (f"near duplicate of {owner} (cos {cos:.2f})", owner)
                 else:
                     kept_here[j] = True
                     kept_embeddings[block[j]] = rows[j]
             pool.add_block([samples[block[j]].id for j in np.flatnonzero(kept_here)], rows[kept_here])
 
-    dropped = [Dropped(samples[i], reasons[i]) for i in order if i in reasons]
+    dropped = [Dropped(samples[i], reasons[i][0], duplicate_of=reasons[i][1]) for i in order if i in reasons]
     kept_idx = [i for i in range(len(samples)) if i not in reasons]
     return DedupResult(
         kept=[samples[i] for i in kept_idx],

@@ -6,7 +6,14 @@ is committed, opening only the partitions asked for; the manifest sums it all up
 """
 
 from autosafe_core.store.location import StorageConfig
-from autosafe_core.store.manifest import ConfigChanged, RunManifest, read_manifest, update_manifest, write_manifest
+from autosafe_core.store.manifest import (
+    ConfigChanged,
+    RunChanges,
+    RunManifest,
+    read_manifest,
+    update_manifest,
+    write_manifest,
+)
 from autosafe_core.store.records import ChatMessage, DatasetRow, EvalRow, Split, TrajectoryStepRow
 from autosafe_core.store.run import Run, config_hash
 from autosafe_core.store.shards import (
@@ -19,6 +26,7 @@ from autosafe_core.store.shards import (
     read_commit,
     read_records,
     read_table,
+    run_ids,
     shard_file,
 )
 from autosafe_core.store.tables import LINEAGE_COLUMNS, TABLES
@@ -31,6 +39,7 @@ __all__ = [
     "DatasetRow",
     "EvalRow",
     "Run",
+    "RunChanges",
     "RunManifest",
     "ShardRef",
     "Split",
@@ -46,6 +55,7 @@ __all__ = [
     "read_manifest",
     "read_records",
     "read_table",
+    "run_ids",
     "shard_file",
     "update_manifest",
     "write_manifest",

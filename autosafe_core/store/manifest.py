@@ -37,6 +37,18 @@ class TableSummary(Record):
     usage: Usage = Field(default_factory=Usage)
 
 
+class RunChanges(Record):
+    """What one run of a series (a night of the nightly) added, next to the runs before it."""
+
+    previous_runs: list[str] = Field(
+        default_factory=list, description="Earlier runs of the series it was deduplicated against."
+    )
+    new_rows: dict[str, int] = Field(default_factory=dict, description="Rows this run committed, per table.")
+    rejected_rows: int = Field(0, description="Rows of `rejections`: model outputs and samples left out, with reasons.")
+    duplicates_of_earlier: int = Field(0, description="Samples left out as duplicates of an earlier run's dataset.")
+    tokens: Usage = Field(default_factory=Usage, description="Tokens this run spent, every role.")
+
+
 class RunManifest(Record):
     """Configuration, code, prompts, models and contents of one run."""
 
@@ -52,6 +64,7 @@ class RunManifest(Record):
     usage_by_role: dict[str, Usage] = Field(default_factory=dict, description="Derived from commit records.")
     counters: dict[str, int] = Field(default_factory=dict, description="Derived from commit records.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Later flows' results by name (training, eval).")
+    changes: RunChanges | None = Field(None, description="What the run added to its series; none outside a series.")
 
     def rows(self, table_name: str) -> int:
         summary = self.tables.get(table_name)
@@ -94,12 +107,14 @@ def update_manifest(
     *,
     config: BaseModel | dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    changes: RunChanges | None = None,
     allow_config_change: bool = False,
 ) -> RunManifest:
     """Write the manifest with the run's lineage and totals recomputed from its commits.
 
     config: the resolved configuration (its hash is the run's unless the run has one).
     extra: merged by key into `extra` (e.g. {"training": {...}}).
+    changes: replaces `changes` (what the run added to its series).
     allow_config_change: record a new configuration for a run that has another one.
     """
     now = datetime.now(UTC)
@@ -124,6 +139,8 @@ def update_manifest(
         update["model_ids"] = run.model_ids
     if extra:
         update["extra"] = {**manifest.extra, **extra}
+    if changes is not None:
+        update["changes"] = changes
     update.update(summarise([ref for name in TABLES for ref in committed(run, name)]))
     manifest = RunManifest.model_validate({**manifest.model_dump(), **update})
     write_manifest(run, manifest)

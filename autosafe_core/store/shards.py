@@ -30,7 +30,7 @@ from fsspec import AbstractFileSystem
 from pydantic import BaseModel, Field, ValidationError
 
 from autosafe_core.ots import Record, Usage
-from autosafe_core.store.location import is_temporary, join, put_whole
+from autosafe_core.store.location import StorageConfig, is_temporary, join, put_whole
 from autosafe_core.store.run import Run, check_name
 from autosafe_core.store.tables import TABLES, Lineage, from_arrow, table, to_arrow, usage_of
 
@@ -58,6 +58,12 @@ def run_dir(run: Run) -> tuple[AbstractFileSystem, str]:
     """The run's filesystem and its folder in it."""
     fs, root = run.storage.filesystem()
     return fs, join(root, "runs", run.run_id)
+
+
+def run_ids(storage: StorageConfig) -> list[str]:
+    """The ids of the runs stored under `storage`, sorted (a run exists once it has a folder)."""
+    fs, root = storage.filesystem()
+    return sorted(name for name in _names(fs, join(root, "runs")) if not is_temporary(name))
 
 
 def shard_file(run: Run, ref: ShardRef) -> str | None:
