@@ -147,7 +147,9 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help=f"Work pool of every deployment: {PROCESS_POOL} or {KUBERNETES_POOL}.")
         ] = None,
         nightly_cron: Annotated[str | None, typer.Option(help="Cron of the nightly run, e.g. '0 2 * * *'.")] = None,
-        timezone: Annotated[str | None, typer.Option(help="Time zone of the nightly's cron, e.g. Europe/Berlin.")] = None,
+        timezone: Annotated[
+            str | None, typer.Option(help="Time zone of the nightly's cron, e.g. Europe/Berlin.")
+        ] = None,
         work_dir: Annotated[
             Path | None,
             typer.Option(help="Where the process pool starts flow runs (relative storage lands here); default: here."),

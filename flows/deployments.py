@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from autosafe_core.store import RunManifest
 from flows.config import FactoryConfig, new_run_id
 from flows.data_flows import launch
-from flows.runtime import unreachable_api
+from flows.runtime import task_runner, unreachable_api
 
 RUN_ID_OR_EMPTY = r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -95,21 +95,36 @@ def _subflow(module: str, name: str):
         raise RuntimeError(f"{module} is not installed in this worker's environment") from None
 
 
+def _on_its_runner(subflow, config: FactoryConfig):
+    return subflow.with_options(task_runner=task_runner(config.runner, config.ray_address))
+
+
 @flow(name="autosafe-finetune", flow_run_name="finetune-{config.run_id}", log_prints=False)
-def finetune(config: RunForm = RunForm()) -> RunManifest | None:
+def finetune(config: RunForm = RunForm()) -> RunManifest:
     """Fine-tune the agent on the SFT dataset of an existing run (LoRA or full, DeepSpeed ZeRO).
 
     Args:
-        config: The run whose dataset to train on (`run_id` is required), with its models and storage.
+        config: The run whose dataset to train on (run_id is required), with its models, storage and training settings.
     """
-    return _subflow("flows.finetune", "finetune_flow")(_existing_run(config, "fine-tune on"))
+    run_config = _existing_run(config, "fine-tune on")
+    return _on_its_runner(_subflow("flows.finetune", "finetune_flow"), run_config)(run_config)
 
 
 @flow(name="autosafe-evaluate", flow_run_name="evaluate-{config.run_id}", log_prints=False)
-def evaluate(config: RunForm = RunForm()) -> RunManifest | None:
-    """Evaluate the base and the tuned agent of an existing run on held-out scenarios and benchmarks.
+def evaluate(
+    config: RunForm = RunForm(),
+    benchmark: str = "synthetic",
+    data: str | None = None,
+    adapter: str | None = None,
+) -> RunManifest:
+    """Evaluate the base and the tuned agent of an existing run on a benchmark.
 
     Args:
-        config: The run to evaluate (`run_id` is required), with its models and storage.
+        config: The run to evaluate (run_id is required), with its models, storage and evaluation settings.
+        benchmark: The benchmark's name: synthetic (the run's held-out scenarios) or a public one.
+        data: The benchmark's file or folder, for public benchmarks.
+        adapter: The tuned agent's LoRA adapter (path or URI); empty: the one the run's fine-tuning registered.
     """
-    return _subflow("flows.evaluate", "evaluate_flow")(_existing_run(config, "evaluate"))
+    run_config = _existing_run(config, "evaluate")
+    evaluate_flow = _on_its_runner(_subflow("flows.evaluate", "evaluate_flow"), run_config)
+    return evaluate_flow(run_config, benchmark_name=benchmark, data=data, adapter=adapter)
