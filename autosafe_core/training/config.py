@@ -17,13 +17,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from autosafe_core.store.location import StorageConfig
 from autosafe_core.store.run import Run, config_hash
 
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 """The shipped ZeRO configs: `zero2.json`, `zero3.json`."""
+
+RESOLVED = "deepspeed_resolved"
+"""Validation context key: the job is being read where its DeepSpeed config is already resolved."""
 
 CPU_STEPS = 8
 """Optimizer steps of `max_steps="auto"` on a CPU: the quickstart's short LoRA."""
@@ -96,6 +99,21 @@ class TrainingConfig(BaseModel):
             raise ValueError("general_ratio > 0 needs general_data")
         return self
 
+    @field_validator("max_steps")
+    @classmethod
+    def _positive_steps(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1 (or auto, or null for the epochs)")
+        return v
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _known_deepspeed(cls, v: str, info: ValidationInfo) -> str:
+        # A job read by a worker carries its DeepSpeed config resolved; the name need not resolve there.
+        if not (info.context or {}).get(RESOLVED):
+            deepspeed_config(v)
+        return v
+
     def content(self) -> dict[str, Any]:
         """The settings that decide what is learned (not how many processes learn it)."""
         return self.model_dump(mode="json", exclude={"processes", "launcher"})
@@ -130,6 +148,11 @@ class TrainJob(BaseModel):
         if stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_optimization.stage must be 0 to 3, not {stage!r}")
         return v
+
+    @classmethod
+    def read(cls, data: str | bytes) -> TrainJob:
+        """A job from its JSON, as a worker reads it (the DeepSpeed config is in the job)."""
+        return cls.model_validate_json(data, context={RESOLVED: True})
 
     @property
     def train_id(self) -> str:

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with fsspec.open(args.job, "r") as f:
-        job = TrainJob.model_validate_json(f.read())
+        job = TrainJob.read(f.read())
     train(job)
     return 0
 
@@ -154,7 +154,8 @@ def _distributed() -> tuple[int, int, int, torch.device]:
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    # Ray Train may show each worker only its own GPU: then local rank 1 is device 0.
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if on_gpu else torch.device("cpu")
     if on_gpu:
         torch.cuda.set_device(device)
     return rank, world, local_rank, device
@@ -437,6 +438,11 @@ def _save_final(engine: Any, job: TrainJob, tokenizer: Any, folder: JobFolder, n
     box = [uri]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def ray_worker(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: the job's JSON under "job"; Ray has set up the process group."""
+    train(TrainJob.read(config["job"]))
 
 
 if __name__ == "__main__":
