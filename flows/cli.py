@@ -13,7 +13,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import typer  # noqa: E402
 
-from flows import deploy_cli, eval_cli, inspect_cli, report_cli, run_cli  # noqa: E402
+from flows import deploy_cli, eval_cli, inspect_cli, report_cli, run_cli, train_cli  # noqa: E402
 from flows.catalog_cli import catalog_app  # noqa: E402
 from flows.engines_cli import engines_app  # noqa: E402
 from flows.model_cli import model_app  # noqa: E402
@@ -23,6 +23,7 @@ app.add_typer(catalog_app, name="catalog", help="Inspect and validate toolkits a
 app.add_typer(model_app, name="model", help="Fetch and inspect the embedded default model.")
 app.add_typer(engines_app, name="engines", help="Long-lived engines on a Ray cluster, shared by runs.")
 run_cli.register(app)
+train_cli.register(app)
 inspect_cli.register(app)
 report_cli.register(app)
 eval_cli.register(app)

@@ -23,6 +23,7 @@ from autosafe_core.stages.generate import GenerateConfig
 from autosafe_core.stages.rollout import RolloutConfig
 from autosafe_core.stages.safe_actions import SafeActionConfig
 from autosafe_core.store.location import StorageConfig
+from autosafe_core.training.config import TrainingConfig
 from tasks.dataset import DatasetConfig
 from tasks.generate import Grid
 
@@ -79,6 +80,11 @@ class FactoryConfig(BaseModel):
     )
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Quality filter, dedup, split.")
     finetune: bool = Field(True, description="Run the fine-tune flow after the dataset (when available).")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig,
+        description="How the fine-tune flow tunes the agent. The default is a short LoRA sized for the CPU "
+        "quickstart (max_steps auto: 8 steps on a CPU, the epochs on GPUs).",
+    )
     evaluate: bool = Field(True, description="Run the evaluate flow after fine-tuning (when available).")
     evaluation: EvalConfig = Field(
         default_factory=lambda: EvalConfig(max_cases=8, max_steps=3),
@@ -135,9 +141,11 @@ class FactoryConfig(BaseModel):
         )
 
 
-# Evaluation settings do not change the run's data; the eval table keys its rows by them instead.
+# Evaluation and training settings do not change the run's data; the eval table keys its rows by
+# them instead, and a training job's folder is named by its own settings (train_id).
 _NOT_CONTENT = {
-    "run_id", "storage", "runner", "ray_address", "engine_replicas", "concurrency", "finetune", "evaluate", "evaluation"
+    "run_id", "storage", "runner", "ray_address", "engine_replicas", "concurrency", "finetune", "evaluate", "evaluation",
+    "training",
 }
 
 

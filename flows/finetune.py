@@ -1,0 +1,278 @@
+"""The fine-tune flow: the agent tuned on the run's D_safe, its adapter registered in the run manifest.
+
+The flow resolves a `TrainJob` (base weights, the run's train split, the job's folder
+`runs/<run_id>/finetune/<train_id>/` in the run's storage, the DeepSpeed config) and launches the
+training entry point: torchrun (or the deepspeed launcher) as a local subprocess by default, or
+Ray Train's TorchTrainer on the cluster at `ray_address`. Workers stream the examples from storage
+and write checkpoints there; the flow never touches a tensor. Then it commits the loss and
+throughput of every step to the `training` table, draws the loss curve into the job's folder
+(`loss.png`), and records `extra.training` in the manifest: the adapter's URI under `adapter`
+(what the evaluate flow loads), or why training was skipped (no train rows, no weights to tune)
+or failed.
+
+A finished job is not run again (its `result.json` exists); a crashed one resumes from its
+newest checkpoint when the flow runs again. Changing what is learned (any training setting but
+the process count and launcher) makes a new job in a new folder.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from autosafe_core.llm.local_weights import model_source
+from autosafe_core.store import Run, RunManifest, commit_shard, committed, read_manifest, update_manifest
+from autosafe_core.store.location import StorageConfig, join, put_whole
+from autosafe_core.store.records import TrainingStepRow
+from autosafe_core.training.checkpoints import METRICS, RESULT, JobFolder
+from autosafe_core.training.config import TrainingConfig, TrainJob, deepspeed_config, train_id
+from autosafe_core.training.examples import FileSource
+from autosafe_core.training.loss_plot import loss_plot
+from autosafe_core.training.train import STEP_EVENT
+from flows import progress
+from flows.config import FactoryConfig
+from flows.pipeline import make_run
+
+STAGE = "finetune"
+"""The stage of the `training` table's rows, and the folder of the run's jobs."""
+TABLE = "training"
+ENTRY_POINT = "autosafe_core.training.train"
+REPO = Path(__file__).resolve().parent.parent
+TAIL_LINES = 40
+
+
+class NothingToTrain(ValueError):
+    """The run cannot be trained on as it is: no train rows, or no weights to tune."""
+
+
+class TrainingFailed(RuntimeError):
+    """The training job ended without its result; its log is in the job's folder."""
+
+
+@flow(name="finetune", flow_run_name="finetune-{config.run_id}")
+def finetune_flow(config: FactoryConfig) -> RunManifest:
+    """Fine-tune the run's agent on its train split; the manifest's `training` says how it went."""
+    log = get_run_logger()
+    run = make_run(config)
+    try:
+        job = plan(config)
+    except NothingToTrain as exc:
+        log.warning("run %s: training skipped: %s", run.run_id, exc)
+        return update_manifest(run, extra={TABLE: {"status": "skipped", "reason": str(exc)}})
+    folder = JobFolder(job.output, Path(tempfile.mkdtemp(prefix="autosafe-finetune-")))
+    result = folder.read_json(RESULT)
+    if result is None:
+        folder.write_json(job.model_dump(mode="json"), "job.json")
+        log.info("run %s: training job %s in %s", run.run_id, job.train_id, folder.uri())
+        try:
+            if config.ray_address:
+                launch_ray(job, config.ray_address)
+            else:
+                launch_local(job, folder)
+        except TrainingFailed as exc:
+            update_manifest(run, extra={TABLE: {"status": "failed", "train_id": job.train_id, "reason": str(exc),
+                                                "log": folder.uri("launcher.log")}})  # fmt: skip
+            raise
+        result = folder.read_json(RESULT)
+        if result is None:
+            raise TrainingFailed(f"job {job.train_id} ended without {folder.uri(RESULT)}")
+    summary = record(run, config.training, job, folder, result)
+    log.info("run %s: trained %s steps, loss %.4f -> %.4f, %s", run.run_id, summary["steps"],
+             summary["first_loss"], summary["final_loss"], summary.get("adapter") or summary.get("model"))  # fmt: skip
+    return update_manifest(run, extra={TABLE: summary})
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+
+def plan(config: FactoryConfig) -> TrainJob:
+    """The job that tunes the run's agent; NothingToTrain saying why there is none, ValueError for bad settings."""
+    run = make_run(config)
+    training = config.training
+    rows = sum(ref.rows for ref in committed(run, "dataset", shards=["train"]))
+    if rows == 0:
+        raise NothingToTrain(_no_rows_reason(run))
+    base = base_weights(config)
+    if training.general_data:
+        FileSource(training.general_data).check()
+    storage = _absolute(config.storage)
+    data_run = run.model_copy(update={"storage": storage})
+    ds_config = deepspeed_config(training.deepspeed)
+    tid = train_id(training, base, "weights", data_run, "train", None, ds_config)
+    output = storage.model_copy(update={"uri": join(storage.uri, "runs", run.run_id, STAGE, tid)})
+    return TrainJob(
+        training=training, base_model=base, data_run=data_run, split="train", output=output, deepspeed_config=ds_config
+    )
+
+
+def base_weights(config: FactoryConfig) -> str:
+    """What the job loads: `training.base_model`, else the agent's weights; NothingToTrain if it has none here."""
+    if config.training.base_model:
+        return model_source(config.training.base_model)
+    agent = config.models.for_role("agent")
+    if agent.backend not in ("transformers", "vllm"):
+        raise NothingToTrain(
+            f"the agent runs on the {agent.backend} backend, which has no weights to tune here; "
+            "set training.base_model to a model directory or id"
+        )
+    return model_source(agent.model)
+
+
+def _no_rows_reason(run: Run) -> str:
+    manifest = read_manifest(run)
+    samples = manifest.rows("safe_samples") if manifest else 0
+    dataset = manifest.rows("dataset") if manifest else 0
+    return (
+        f"the run's dataset has no train rows ({samples} safe samples, {dataset} dataset rows in all splits); "
+        "a stronger evaluator model accepts more safe actions"
+    )
+
+
+def _absolute(storage: StorageConfig) -> StorageConfig:
+    """Local storage by absolute path: training processes may start in another directory."""
+    if storage.is_s3 or "://" in storage.uri:
+        return storage
+    return storage.model_copy(update={"uri": os.path.abspath(storage.uri)})
+
+
+# -- launchers ---------------------------------------------------------------------------------
+
+
+def processes(training: TrainingConfig) -> int:
+    """Training processes on this machine: as configured, else one per GPU, else one."""
+    if training.processes:
+        return training.processes
+    import torch
+
+    return torch.cuda.device_count() or 1
+
+
+def launch_command(training: TrainingConfig, job_file: Path) -> list[str]:
+    """torchrun (or the deepspeed launcher) over the entry point, one process per GPU."""
+    n = processes(training)
+    if training.launcher == "deepspeed":
+        launcher = str(Path(sys.executable).parent / "deepspeed")
+        return [launcher, f"--num_gpus={n}", "--module", ENTRY_POINT, "--job", str(job_file)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+            "-m", ENTRY_POINT, "--job", str(job_file)]  # fmt: skip
+
+
+def launch_local(job: TrainJob, folder: JobFolder) -> None:
+    """Run the job under the local launcher, following its steps; TrainingFailed with its last lines."""
+    job_file = folder.scratch / "job.json"
+    job_file.write_text(job.model_dump_json())
+    command = launch_command(job.training, job_file)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    lines: list[str] = []
+    console = progress.console()
+    log = get_run_logger()
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            tail.append(line)
+            if line.startswith(STEP_EVENT):
+                row = TrainingStepRow.model_validate_json(line.removeprefix(STEP_EVENT))
+                message = (f"step {row.step}: loss {row.loss:.4f}, {row.tokens_per_s_per_device:,.0f} tokens/s "
+                           f"per device, {row.seconds:.2f} s")  # fmt: skip
+                log.info("training %s", message)
+                if console is not None:
+                    console.print(f"  finetune {message}")
+            elif line.startswith("autosafe-train:") and console is not None:
+                console.print(f"  {line.removeprefix('autosafe-train: ')}")
+        code = process.wait()
+    put_whole(folder.fs, folder.path("launcher.log"), "\n".join(lines).encode())
+    if code != 0:
+        errors = [line for line in tail if "Error" in line or "error" in line]
+        last = (errors or list(tail) or ["no output"])[-1].strip()
+        raise TrainingFailed(f"training exited with status {code}: {last}")
+
+
+def launch_ray(job: TrainJob, address: str) -> None:
+    """Run the job on a Ray cluster through Ray Train's TorchTrainer: one worker per GPU (or `processes`)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from autosafe_core.training.train import ray_worker
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace="autosafe", log_to_driver=True)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    workers = job.training.processes or max(1, gpus)
+    folder = JobFolder(job.output, Path(tempfile.mkdtemp(prefix="autosafe-ray-")))
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config={"job": job.model_dump_json()},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0),
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        run_config=RunConfig(name=f"autosafe-finetune-{job.train_id}", **_ray_storage(folder)),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # Ray wraps the worker's error; its first line names it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingFailed(f"Ray Train job failed: {first}") from exc
+
+
+def _ray_storage(folder: JobFolder) -> dict[str, Any]:
+    """Where Ray Train keeps its own run files: beside the job (shared storage, as multi-node Ray needs)."""
+    if folder.is_local:
+        return {"storage_path": folder.path("ray")}
+    import pyarrow.fs
+
+    storage = folder.output
+    options: dict[str, Any] = {}
+    if storage.endpoint_url:
+        options["endpoint_override"] = storage.endpoint_url
+    if storage.region:
+        options["region"] = storage.region
+    path = folder.path("ray").removeprefix("s3://")
+    return {"storage_path": path, "storage_filesystem": pyarrow.fs.S3FileSystem(**options)}
+
+
+# -- what the run keeps ------------------------------------------------------------------------
+
+
+def record(run: Run, training: TrainingConfig, job: TrainJob, folder: JobFolder, result: dict[str, Any]) -> dict[str, Any]:
+    """Commit the step rows, draw the loss curve, and return the manifest's `training` entry."""
+    rows = [TrainingStepRow.model_validate_json(line) for line in folder.read_lines(METRICS) if line.strip()]
+    last = {row.step: row for row in rows}  # a resumed job logged some steps twice: the later counts
+    rows = [last[step] for step in sorted(last)]
+    commit_shard(run, TABLE, STAGE, job.train_id, rows)
+    title = f"run {run.run_id}: {training.method} on {Path(job.base_model).name}, job {job.train_id}"
+    put_whole(folder.fs, folder.path("loss.png"), loss_plot(rows, title))
+    timed = [r.tokens_per_s for r in rows[1:]] or [r.tokens_per_s for r in rows]
+    per_device = [r.tokens_per_s_per_device for r in rows[1:]] or [r.tokens_per_s_per_device for r in rows]
+    kind = "adapter" if training.method == "lora" else "model"
+    return {
+        "status": "done",
+        "train_id": job.train_id,
+        "method": training.method,
+        kind: result[kind],
+        "base_model": training.base_model or job.base_model,
+        "steps": result["steps"],
+        "examples": result["examples"],
+        "devices": result["devices"],
+        "device": result["device"],
+        "first_loss": rows[0].loss if rows else None,
+        "final_loss": rows[-1].loss if rows else None,
+        "tokens_per_s": statistics.median(timed) if timed else None,
+        "tokens_per_s_per_device": statistics.median(per_device) if per_device else None,
+        "seconds": result["seconds"],
+        "loss_plot": folder.uri("loss.png"),
+        "folder": folder.uri(),
+        "config": training.content(),
+    }
