@@ -74,7 +74,9 @@ class Limits(BaseModel):
     file_bytes: int = Field(16 * MiB, ge=1, description="Largest file a process may write (RLIMIT_FSIZE).")
     tmp_bytes: int = Field(64 * MiB, ge=MiB, description="Size of the tmpfs at /tmp (per command).")
     workspace_bytes: int = Field(256 * MiB, ge=MiB, description="The workspace's quota, enforced by a watchdog.")
-    output_bytes: int = Field(64 * 1024, ge=1024, description="Output kept per command; the rest is counted, not kept.")
+    output_bytes: int = Field(
+        64 * 1024, ge=1024, description="Output kept per command (head and tail); the rest is counted."
+    )
     run_as_uid: int = Field(65534, ge=1, description="Host uid of the commands when this process is root.")
 
 
@@ -88,7 +90,7 @@ class CommandResult:
     timed_out: bool = False
     over_quota: bool = False
     dropped_bytes: int = 0
-    """Output past `Limits.output_bytes`, not kept."""
+    """Output past `Limits.output_bytes`, dropped from the middle (`output` says where)."""
     wall_s: float = 0.0
 
     @property
@@ -152,7 +154,8 @@ class Sandbox:
         etc.mkdir()
         # `user` is USER_ID under bwrap, and the host uid itself under unshare run as root.
         ids = sorted({USER_ID, self._uid or USER_ID})
-        (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n" + "".join(f"user:x:{i}:{i}:user:{HOME}:/bin/bash\n" for i in ids))
+        users = "".join(f"user:x:{i}:{i}:user:{HOME}:/bin/bash\n" for i in ids)
+        (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n" + users)
         (etc / "group").write_text("root:x:0:\n" + "".join(f"user:x:{i}:\n" for i in ids))
         (etc / "hostname").write_text("sandbox\n")
         (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
@@ -184,7 +187,8 @@ class Sandbox:
             return "not installed"
         script = (
             'test "$HOME" = /home/user && test -w /home/user && ! test -w /usr && ! test -e "$1" '
-            "&& test -r /proc/net/dev && test -z \"$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | grep -v '^lo$')\" "
+            "&& test -r /proc/net/dev "
+            "&& test -z \"$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | grep -v '^lo$')\" "
             "&& echo isolated"
         )
         try:
@@ -206,7 +210,7 @@ class Sandbox:
         stdin: bytes | None = None,
         timeout_s: float | None = None,
     ) -> CommandResult:
-        """Run bash `script` (with positional `args`) in `cwd` (absolute, or relative to the home) inside the sandbox."""
+        """Run bash `script` (positional `args`) in `cwd` (absolute, or relative to the home) inside the sandbox."""
         if self.closed:
             raise RuntimeError("sandbox is closed")
         limit = min(timeout_s, self.limits.wall_s) if timeout_s is not None else self.limits.wall_s
@@ -254,7 +258,8 @@ class Sandbox:
     def _bwrap_argv(self, inner: list[str]) -> list[str]:
         argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(USER_ID),
                 "--gid", str(USER_ID), "--hostname", "sandbox", "--die-with-parent", "--new-session",
-                "--clearenv", "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local", "--remount-ro", "/usr/local"]  # fmt: skip
+                "--clearenv", "--ro-bind", "/usr", "/usr",
+                "--tmpfs", "/usr/local", "--remount-ro", "/usr/local"]  # fmt: skip
         for name in _TOP_LEVEL:
             host = Path("/") / name
             if host.is_symlink():
@@ -308,7 +313,7 @@ class Sandbox:
             close_fds=True,
             env={"PATH": PATH},  # nothing of this process's environment reaches the sandbox
         )
-        kept, dropped = bytearray(), 0
+        out = _HeadTail(self.limits.output_bytes)
         timed_out = over_quota = False
         guard = _QuotaGuard(self.home, self._free_at_start, self.limits.workspace_bytes)
         selector = selectors.DefaultSelector()
@@ -324,11 +329,8 @@ class Sandbox:
                 if not eof:
                     if selector.select(min(remaining, 0.25)):
                         chunk = os.read(proc.stdout.fileno(), 65536)
-                        if not chunk:
-                            eof = True
-                        room = self.limits.output_bytes - len(kept)
-                        kept += chunk[:room]
-                        dropped += max(0, len(chunk) - room)
+                        eof = not chunk
+                        out.add(chunk)
                 else:
                     try:
                         proc.wait(min(remaining, 0.25))
@@ -345,13 +347,37 @@ class Sandbox:
             proc.stdout.close()
         code = proc.returncode if proc.returncode is not None else _KILLED_EXIT
         return CommandResult(
-            output=kept.decode("utf-8", errors="replace"),
+            output=out.text(),
             exit_code=code,
             timed_out=timed_out,
             over_quota=over_quota,
-            dropped_bytes=dropped,
+            dropped_bytes=out.dropped,
             wall_s=time.monotonic() - start,
         )
+
+
+class _HeadTail:
+    """A command's output within a budget: its first three quarters and its last quarter
+    (where errors and results usually are), and how many bytes between were dropped."""
+
+    def __init__(self, budget: int):
+        self.head_max, self.tail_max = budget - budget // 4, budget // 4
+        self.head, self.tail = bytearray(), bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.head_max - len(self.head)
+        self.head += chunk[:room]
+        self.tail += chunk[room:] if room > 0 else chunk
+        if len(self.tail) > self.tail_max:
+            self.dropped += len(self.tail) - self.tail_max
+            del self.tail[: len(self.tail) - self.tail_max]
+
+    def text(self) -> str:
+        if not self.dropped:
+            return (self.head + self.tail).decode("utf-8", errors="replace")
+        cut = f"\n[... {self.dropped} bytes of output not kept ...]\n"
+        return self.head.decode("utf-8", errors="replace") + cut + self.tail.decode("utf-8", errors="replace")
 
 
 class _QuotaGuard:
@@ -437,7 +463,10 @@ for d in bin sbin lib lib32 lib64 libx32; do
   if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$new/$d"
   elif [ -d "/$d" ]; then mkdir "$new/$d"; mount --rbind "/$d" "$new/$d"; mount -o remount,bind,ro "$new/$d"; fi
 done
-bind_ro() { if [ -d "$1" ]; then mkdir -p "$2"; else touch "$2"; fi; mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"; }
+bind_ro() {
+  if [ -d "$1" ]; then mkdir -p "$2"; else touch "$2"; fi
+  mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"
+}
 for f in $etc; do if [ -e "/etc/$f" ]; then bind_ro "/etc/$f" "$new/etc/$f"; fi; done
 for f in passwd group hostname hosts; do bind_ro "$root/etc/$f" "$new/etc/$f"; done
 for d in null zero full random urandom; do touch "$new/dev/$d"; mount --bind "/dev/$d" "$new/dev/$d"; done
