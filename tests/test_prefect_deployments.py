@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import anyio
 import httpx
 import pytest
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
@@ -142,9 +143,17 @@ def factory_form(storage: Path, scenarios: int) -> dict:
 
 
 async def run_and_wait(client, flow_run_id):
+    """The flow run once it is in a final state."""
     from prefect.flow_runs import wait_for_flow_run
 
-    return await wait_for_flow_run(flow_run_id, timeout=600, client=client, log_states=False)
+    flow_run = await wait_for_flow_run(flow_run_id, timeout=600, client=client, log_states=False)
+    # wait_for_flow_run returns on the final state's event, which can reach it before a
+    # read of the flow run shows that state: read until it does.
+    with anyio.fail_after(60):
+        while not flow_run.state.is_final():
+            await anyio.sleep(0.2)
+            flow_run = await client.read_flow_run(flow_run_id)
+    return flow_run
 
 
 # --- registration ------------------------------------------------------------------------
@@ -311,3 +320,35 @@ def test_the_ui_shows_the_factory_run_form_and_its_validation(stack, chrome, tmp
     scenarios.send_keys("0")
     chrome.find_element(By.XPATH, "//button[normalize-space(.)='Submit']").click()
     wait.until(lambda _: "0 is less than the minimum of 1" in page())
+
+
+# --- evaluate, on a run the factory deployment made ----------------------------------------
+
+
+def test_the_evaluate_deployment_evaluates_an_existing_run(stack):
+    pytest.importorskip("flows.evaluate", reason="the evaluate flow is not installed")
+    storage = stack.root / "evaluate-data"
+    # Half the scenarios held out for testing: the synthetic benchmark's cases.
+    form = factory_form(storage, scenarios=8) | {"run_id": "to-evaluate"}
+    form["dataset"] |= {"split": [0.5, 0.0, 0.5]}
+
+    async def start(client):
+        factory = await client.read_deployment_by_name("autosafe-factory/factory")
+        made = await run_and_wait(client, (await client.create_flow_run_from_deployment(
+            factory.id, parameters={"config": form})).id)
+        evaluate = await client.read_deployment_by_name("autosafe-evaluate/evaluate")
+        unnamed = await run_and_wait(client, (await client.create_flow_run_from_deployment(
+            evaluate.id, parameters={"config": factory_form(storage, 8)})).id)
+        evaluated = await run_and_wait(client, (await client.create_flow_run_from_deployment(
+            evaluate.id, parameters={"config": form})).id)
+        return made, unnamed, evaluated
+
+    made, unnamed, evaluated = stack.call(start)
+    # The form's empty run id names no run to evaluate.
+    assert unnamed.state.is_failed() and "config.run_id: name the run to evaluate" in unnamed.state.message
+    assert made.state.is_completed() and evaluated.state.is_completed(), f"{evaluated.state}\n{stack.logs()}"
+    assert evaluated.name == "evaluate-to-evaluate"
+    run = Run(run_id="to-evaluate", storage=StorageConfig(uri=str(storage)))
+    rows = read_records(run, "eval")
+    evaluation = read_manifest(run).extra["evaluation"]["synthetic"]
+    assert rows and evaluation["cases"] > 0 and {r.model_label for r in rows} == {"base"}
