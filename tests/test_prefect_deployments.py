@@ -322,10 +322,11 @@ def test_the_ui_shows_the_factory_run_form_and_its_validation(stack, chrome, tmp
     wait.until(lambda _: "0 is less than the minimum of 1" in page())
 
 
-# --- evaluate, on a run the factory deployment made ----------------------------------------
+# --- finetune and evaluate, on a run the factory deployment made ----------------------------
 
 
-def test_the_evaluate_deployment_evaluates_an_existing_run(stack):
+def test_the_finetune_and_evaluate_deployments_work_on_an_existing_run(stack):
+    pytest.importorskip("flows.finetune", reason="the finetune flow is not installed")
     pytest.importorskip("flows.evaluate", reason="the evaluate flow is not installed")
     storage = stack.root / "evaluate-data"
     # Half the scenarios held out for testing: the synthetic benchmark's cases.
@@ -336,19 +337,25 @@ def test_the_evaluate_deployment_evaluates_an_existing_run(stack):
         factory = await client.read_deployment_by_name("autosafe-factory/factory")
         made = await run_and_wait(client, (await client.create_flow_run_from_deployment(
             factory.id, parameters={"config": form})).id)
+        finetune = await client.read_deployment_by_name("autosafe-finetune/finetune")
+        tuned = await run_and_wait(client, (await client.create_flow_run_from_deployment(
+            finetune.id, parameters={"config": form})).id)
         evaluate = await client.read_deployment_by_name("autosafe-evaluate/evaluate")
         unnamed = await run_and_wait(client, (await client.create_flow_run_from_deployment(
             evaluate.id, parameters={"config": factory_form(storage, 8)})).id)
         evaluated = await run_and_wait(client, (await client.create_flow_run_from_deployment(
             evaluate.id, parameters={"config": form})).id)
-        return made, unnamed, evaluated
+        return made, tuned, unnamed, evaluated
 
-    made, unnamed, evaluated = stack.call(start)
+    made, tuned, unnamed, evaluated = stack.call(start)
     # The form's empty run id names no run to evaluate.
     assert unnamed.state.is_failed() and "config.run_id: name the run to evaluate" in unnamed.state.message
     assert made.state.is_completed() and evaluated.state.is_completed(), f"{evaluated.state}\n{stack.logs()}"
     assert evaluated.name == "evaluate-to-evaluate"
     run = Run(run_id="to-evaluate", storage=StorageConfig(uri=str(storage)))
+    # A scripted agent has no weights: the fine-tune flow records why it did not train.
+    assert tuned.state.is_completed() and tuned.name == "finetune-to-evaluate", f"{tuned.state}\n{stack.logs()}"
+    assert read_manifest(run).extra["training"]["status"] == "skipped"
     rows = read_records(run, "eval")
     evaluation = read_manifest(run).extra["evaluation"]["synthetic"]
     assert rows and evaluation["cases"] > 0 and {r.model_label for r in rows} == {"base"}
