@@ -33,6 +33,7 @@ from tenacity import (
 )
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
+from autosafe_core.llm.schema_compat import for_vllm
 from autosafe_core.llm.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,8 @@ class OpenAIChatModel(ChatModel):
                 "type": "json_schema",
                 "json_schema": {
                     "name": _schema_name(request.json_schema),
-                    "schema": request.json_schema,
+                    # vLLM's server refuses what its engine refuses; the roles validate replies in full.
+                    "schema": for_vllm(request.json_schema),
                     "strict": False,
                 },
             }

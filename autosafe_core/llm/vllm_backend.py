@@ -22,6 +22,7 @@ from typing import Any
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
 from autosafe_core.llm.local_weights import adapter_rank, local_adapter, model_source
 from autosafe_core.llm.registry import ModelSpec
+from autosafe_core.llm.schema_compat import for_vllm
 
 # Options the engine pool reads for placement: never engine arguments.
 _PLACEMENT_OPTIONS = ("num_gpus",)
@@ -45,6 +46,7 @@ class VLLMChatModel(ChatModel):
         from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         # A process that has touched CUDA (a test asking torch for GPUs, a Ray actor) cannot
@@ -66,7 +68,11 @@ class VLLMChatModel(ChatModel):
             engine_args = AsyncEngineArgs(model=model_source(spec.model), **args)
         except TypeError as exc:
             raise ValueError(f"model options: not an AsyncEngineArgs field: {exc}") from None
-        return cls(AsyncLLM.from_engine_args(engine_args), model_id=model_id, lora_request=lora_request)
+        # vLLM sizes its batches by usage context: the default engine context gets 128
+        # sequences and 2,048 tokens per step, the offline `LLM` class 1,024 and 16,384 on
+        # a large GPU. The factory is offline batch work: ask for the latter.
+        engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.LLM_CLASS)
+        return cls(engine, model_id=model_id, lora_request=lora_request)
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         return list(await asyncio.gather(*(self._complete_one(r) for r in requests)))
@@ -122,7 +128,7 @@ class VLLMChatModel(ChatModel):
             seed=s.seed,
             ignore_eos=s.ignore_eos,
             structured_outputs=(
-                StructuredOutputsParams(json=request.json_schema) if request.json_schema is not None else None
+                StructuredOutputsParams(json=for_vllm(request.json_schema)) if request.json_schema is not None else None
             ),
             output_kind=RequestOutputKind.FINAL_ONLY,
         )

@@ -1,0 +1,66 @@
+"""JSON schemas as vLLM's structured outputs accept them.
+
+vLLM 0.26 refuses, request by request, a schema holding a keyword that its xgrammar
+check lists as unsupported: `propertyNames` and `patternProperties` on objects,
+`uniqueItems` and `contains` on arrays, `multipleOf` on numbers, string formats
+outside a short list. xgrammar itself compiles some of these, but the check runs
+first. The roles' schemas use `propertyNames` to bound the keys of free-form JSON
+objects (tool arguments, observations), so on vLLM every simulator call and most
+agent calls failed: `bench/gpu_vllm.py` found it on an H200.
+
+`for_vllm` drops those keywords. That loosens the grammar a little, never the
+validation: each role parses the reply against its full pydantic model, so a reply
+the looser grammar lets through and the schema forbids is rejected and asked again,
+like any other bad reply. Schemas are shared objects (a role builds each once), so
+the result is cached per object.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+_DROP_BY_TYPE = {
+    "object": ("patternProperties", "propertyNames"),
+    "array": ("uniqueItems", "contains", "minContains", "maxContains"),
+    "integer": ("multipleOf",),
+    "number": ("multipleOf",),
+}
+# String formats vLLM's check lets through to xgrammar.
+STRING_FORMATS = frozenset(
+    "email date time date-time duration ipv4 ipv6 hostname uuid uri uri-reference uri-template "
+    "json-pointer relative-json-pointer".split()
+)
+
+_cache: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+_lock = threading.Lock()
+
+
+def for_vllm(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` without the keywords vLLM's structured outputs refuse (the same object when it has none)."""
+    with _lock:
+        hit = _cache.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    cleaned = _clean(schema)
+    with _lock:
+        if len(_cache) > 4096:  # schemas are few; a leak guard, not a policy
+            _cache.clear()
+        _cache[id(schema)] = (schema, cleaned)  # keeps `schema` alive, so its id stays its own
+    return cleaned
+
+
+def _clean(node: Any) -> Any:
+    if isinstance(node, list):
+        items = [_clean(item) for item in node]
+        return node if all(a is b for a, b in zip(items, node, strict=True)) else items
+    if not isinstance(node, dict):
+        return node
+    kind = node.get("type")
+    kind = kind if isinstance(kind, str) else None  # vLLM's check reads single types only
+    drop = set(_DROP_BY_TYPE.get(kind, ())) if kind else set()
+    if kind == "string" and "format" in node and node["format"] not in STRING_FORMATS:
+        drop.add("format")
+    out = {key: _clean(value) for key, value in node.items() if key not in drop}
+    same = not drop & node.keys() and all(out[k] is node[k] for k in out)
+    return node if same else out
