@@ -144,11 +144,12 @@ def load_cases(bench: Benchmark, config: FactoryConfig, run: Run, data: str | No
 def registered_adapter(manifest: RunManifest | None, config: FactoryConfig) -> str | None:
     """The adapter the run's fine-tuning registered (`extra["training"]["adapter"]`), as a URI.
 
-    A relative path is read as relative to the run's storage root.
+    A relative path is read as relative to the run's storage root. A full fine-tune
+    (`model` instead of `adapter`) is not picked up: evaluate it as the agent's model.
     """
     if manifest is None:
         return None
-    training = manifest.extra.get("training") or manifest.extra.get("finetune") or {}
+    training = manifest.extra.get("training") or {}
     adapter = training.get("adapter") if isinstance(training, dict) else None
     if not isinstance(adapter, str) or not adapter.strip():
         return None

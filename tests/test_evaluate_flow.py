@@ -6,6 +6,8 @@ redone alone, and a judge that answers garbage yields judge errors, not scores.
 
 from __future__ import annotations
 
+import pytest
+
 from autosafe_core.evaluation.evaluations import current_rows, evaluations
 from autosafe_core.evaluation.run_cases import EvalConfig
 from autosafe_core.llm.registry import ModelSpec
@@ -51,12 +53,14 @@ def test_the_factory_evaluates_its_held_out_scenarios_and_a_rerun_commits_nothin
     assert eval_commits(config) == before
 
 
-def test_a_registered_adapter_is_evaluated_as_tuned_on_the_same_cases(prefect_server, tmp_path):
+@pytest.mark.slow
+def test_a_registered_adapter_is_evaluated_as_tuned_on_the_same_cases_on_local_ray(prefect_server, tmp_path):
     config = scripted_config(tmp_path / "data", scenarios=20, evaluation=WHOLE_SPLIT)
     launch_data("generate", config)
     update_manifest(run_of(config), extra={"training": {"adapter": "runs/test-run/training/adapter"}})
 
-    manifest = launch(config, "synthetic", None, None, config.evaluation)
+    # Shards on Ray workers, engines in Ray actors (the runner is not part of the run's identity).
+    manifest = launch(config.model_copy(update={"runner": "ray"}), "synthetic", None, None, config.evaluation)
 
     labels = evaluations(manifest)["synthetic"].labels
     assert set(labels) == {"base", "tuned"} and labels["base"].stage != labels["tuned"].stage
