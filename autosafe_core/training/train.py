@@ -25,9 +25,11 @@ import json
 import logging
 import math
 import os
+import queue
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +98,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         global_stream(safe, general, mix, t.shuffle_buffer, t.seed), rank, world, skip=start_step * per_step
     )
     batches = MicroBatches(stream, tokenizer, t.max_seq_length, t.micro_batch_size, mix.total)
+    ahead = Prefetch(batches, pad_id, pin=on_gpu, depth=2 * t.gradient_accumulation_steps)
     if rank == 0:
         _log(
             f"job {job.train_id}: {mix.safe} safe + {mix.general} general examples per epoch, {steps} steps of "
@@ -104,7 +107,7 @@ def train(job: TrainJob) -> dict[str, Any]:
             + (f", resuming after step {start_step}" if start_step else "")
         )
     for step in range(start_step + 1, steps + 1):
-        row = _step(engine, batches, t.gradient_accumulation_steps, device, pad_id, world)
+        row = _step(engine, ahead, t.gradient_accumulation_steps, device, world)
         if rank == 0:
             row = row.model_copy(
                 update={"id": stable_id(job.train_id, step), "train_id": job.train_id, "step": step,
@@ -115,6 +118,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         if step % t.save_steps == 0 or step == steps:
             _checkpoint(engine, folder, step, rows, t.keep_checkpoints, rank, local_rank)
 
+    ahead.close()
     name = "adapter" if t.method == "lora" else "model"
     uri = _save_final(engine, job, tokenizer, folder, name, rank)
     result = {
@@ -318,6 +322,41 @@ class MicroBatches:
         return batch
 
 
+class Prefetch:
+    """Collated micro-batches made ahead on a thread, so reading and tokenizing overlap the device's work."""
+
+    def __init__(self, batches: MicroBatches, pad_id: int, pin: bool, depth: int):
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(2, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(batches, pad_id, pin), name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _fill(self, batches: MicroBatches, pad_id: int, pin: bool) -> None:
+        try:
+            for batch in batches:
+                if self._stop.is_set():
+                    return
+                tensors = collate(batch, pad_id)
+                self._queue.put({k: v.pin_memory() for k, v in tensors.items()} if pin else tensors)
+        except BaseException as exc:  # handed to the training loop, which raises it there
+            self._queue.put(exc)
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the thread: it finishes the batch in hand and sees the flag (the stream has no end)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (IGNORE on padding) of one micro-batch."""
     width = max(len(e.input_ids) for e in batch)
@@ -335,7 +374,7 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 # -- one optimizer step --------------------------------------------------------------------
 
 
-def _step(engine: Any, batches: MicroBatches, accumulation: int, device: torch.device, pad_id: int, world: int) -> TrainingStepRow:
+def _step(engine: Any, batches: Prefetch, accumulation: int, device: torch.device, world: int) -> TrainingStepRow:
     """`accumulation` micro-batches forward and backward, one optimizer step; its figures over all ranks."""
     began = time.perf_counter()
     learning_rate = float(engine.get_lr()[0])  # the one this step's update uses; the scheduler moves on after it
@@ -343,7 +382,7 @@ def _step(engine: Any, batches: MicroBatches, accumulation: int, device: torch.d
     tokens = torch.zeros((), device=device, dtype=torch.float64)
     targets = torch.zeros((), device=device, dtype=torch.float64)
     for _ in range(accumulation):
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(next(batches), pad_id).items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
