@@ -34,8 +34,10 @@ def eval_commits(config) -> dict[tuple[str, str], str]:
     return {(r.stage, r.shard_id): r.committed_at.isoformat() for r in committed(run_of(config), "eval")}
 
 
-def test_the_factory_evaluates_its_held_out_scenarios_and_a_rerun_commits_nothing(prefect_server, tmp_path):
-    config = scripted_config(tmp_path / "data", scenarios=20, evaluate=True, evaluation=WHOLE_SPLIT)
+@pytest.mark.slow
+def test_the_factory_on_local_ray_evaluates_its_held_out_scenarios_and_a_rerun_commits_nothing(prefect_server, tmp_path):
+    # As the quickstart runs it: shards on Ray, engines in Ray actors, evaluate as a subflow.
+    config = scripted_config(tmp_path / "data", scenarios=20, evaluate=True, evaluation=WHOLE_SPLIT, runner="ray")
     manifest = launch_data("run", config)
 
     evaluation = evaluations(manifest)["synthetic"]
