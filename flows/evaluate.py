@@ -176,7 +176,8 @@ def stage_name(
     key = config_hash(
         {
             "cases": cases.fingerprint(),
-            "settings": settings.model_dump(mode="json", exclude={"concurrency"}),
+            # The cases stand for max_cases; concurrency changes nothing but speed.
+            "settings": settings.model_dump(mode="json", exclude={"concurrency", "max_cases"}),
             "prompts": prompt_versions(),
             "agent": agent.key if agent is not None else None,
             "simulator": config.models.for_role("simulator").key if agent is not None else None,
