@@ -22,10 +22,14 @@ from gradient checkpointing is not counted. `speedup_vs_single_gpu_peft` is toke
 the best 2-GPU variant over tokens/s of the plain single-GPU run with the same micro-batch,
 accumulation, sequence and checkpointing.
 
-The GPU machine has torch, transformers, peft and pyarrow but no DeepSpeed or pydantic: carry
-them as wheels (bench/device/README.md, shared/device/README.md). NVLink multicast stays off:
-the NCCL_NVLS_ENABLE=0 family is set for every process started here. Writes
-bench/results/finetune-gpu.json (finetune-gpu-tiny.json with --tiny) and prints a table last.
+The GPU machine has torch, transformers, peft, pyarrow and fsspec but no DeepSpeed or pydantic:
+carry deepspeed (`pip wheel --no-deps deepspeed==0.19.8`), hjson, pydantic, pydantic-core,
+annotated-types and typing-inspection as wheels (bench/device/README.md), then in one call:
+`. bench/device/setup.sh; python3 bench/finetune_gpu.py`. Only the project's training imports
+run there (torch, transformers, peft, deepspeed, pyarrow, fsspec, pydantic): no Prefect, no Ray.
+NVLink multicast stays off: the NCCL_NVLS_ENABLE=0 family is set for every process started here.
+Writes bench/results/finetune-gpu.json (finetune-gpu-tiny.json with --tiny), and a copy plus the
+variants' logs to $OUT when it is set (the device tool brings those back), and prints a table last.
 """
 
 from __future__ import annotations
@@ -313,7 +317,8 @@ def main() -> None:
         plain_worker(args)
         return
 
-    work = args.work or Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="finetune-gpu-")) / "work"
+    # Checkpoints and the model directory stay out of $OUT (the device tool would carry them back).
+    work = args.work or Path(tempfile.mkdtemp(prefix="finetune-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     shape = TINY if args.tiny else LLAMA_7B
     model = model_dir(work / "model", shape)
@@ -376,6 +381,8 @@ def main() -> None:
     out.write_text(json.dumps(summary, indent=2) + "\n")
     if os.environ.get("OUT"):
         shutil.copy(out, Path(os.environ["OUT"]) / out.name)
+        for log in work.glob("*.log"):
+            shutil.copy(log, Path(os.environ["OUT"]) / log.name)
 
     print(f"\n{summary['model']['shape']}, N = {n / 1e9:.3f} B, seq {args.seq}, micro-batch {args.micro_batch} x "
           f"{args.accumulation}, LoRA r={args.rank}, checkpointing {args.checkpointing}; {info['name']}")  # fmt: skip

@@ -264,6 +264,13 @@ def _model(
         model = get_peft_model(model, lora)
         if keep_alive is None:
             model.to(device=device, dtype=dtype)
+        else:
+            # peft keeps adapters in float32 beside a bf16 base; partitioned base weights must not be
+            # touched, so only the (whole) adapter weights are cast: bf16 LoRA math, fp32 master copies
+            # in the optimizer.
+            for param in model.parameters():
+                if param.requires_grad and not hasattr(param, "ds_id"):
+                    param.data = param.data.to(device=device, dtype=dtype)
     return model, keep_alive
 
 
@@ -337,11 +344,17 @@ class Prefetch:
                 if self._stop.is_set():
                     return
                 tensors = collate(batch, pad_id)
-                self._queue.put({k: v.pin_memory() for k, v in tensors.items()} if pin else tensors)
+                counts = (int(tensors["attention_mask"].sum()), sum(e.target_tokens for e in batch))
+                if bool(tensors["attention_mask"].all()):
+                    # No padding: without a mask the model takes its causal fast path (and never has to
+                    # look at the mask on the device to find that out).
+                    del tensors["attention_mask"]
+                self._queue.put(({k: v.pin_memory() for k, v in tensors.items()} if pin else tensors, counts))
         except BaseException as exc:  # handed to the training loop, which raises it there
             self._queue.put(exc)
 
-    def __next__(self) -> dict[str, torch.Tensor]:
+    def __next__(self) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+        """Tensors of one micro-batch, and its (tokens, target tokens)."""
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -379,17 +392,18 @@ def _step(engine: Any, batches: Prefetch, accumulation: int, device: torch.devic
     began = time.perf_counter()
     learning_rate = float(engine.get_lr()[0])  # the one this step's update uses; the scheduler moves on after it
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-    tokens = torch.zeros((), device=device, dtype=torch.float64)
-    targets = torch.zeros((), device=device, dtype=torch.float64)
+    tokens = targets = 0
     for _ in range(accumulation):
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        tensors, (n_tokens, n_targets) = next(batches)
+        batch = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float()
-        tokens += batch["attention_mask"].sum()
-        targets += (batch["labels"] != IGNORE).sum()
-    figures = torch.stack([loss_sum / accumulation, tokens, targets]).to(torch.float64)
+        tokens += n_tokens
+        targets += n_targets
+    figures = torch.stack([loss_sum.double() / accumulation, torch.tensor(float(tokens), dtype=torch.float64, device=device),
+                           torch.tensor(float(targets), dtype=torch.float64, device=device)])  # fmt: skip
     torch.distributed.all_reduce(figures)
     loss_mean, total_tokens, total_targets = figures.tolist()
     loss_mean /= world
