@@ -31,6 +31,13 @@ ROLES = ("generator", "agent", "simulator", "evaluator", "reflector")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+EMBEDDED_JUDGE_TEMPERATURE = 0.8
+"""The embedded default's safety-judge temperature. Greedy, SmolLM2-135M gives nearly every
+action the same label (10 of 12 "likely_severe_risk", measured), so no safe action is ever
+accepted and the quickstart's dataset stays empty; sampled at 0.8, 3 of 12 came out safe.
+The judge still decides; its verdicts are seeded, so re-runs repeat them."""
+
+
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
 
@@ -72,13 +79,23 @@ class FactoryConfig(BaseModel):
     engine_replicas: int = Field(1, ge=1, description="Engine replicas per distinct model (one per GPU).")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model per role.")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Stage 1 settings.")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Stage 2 settings.")
-    safe_actions: SafeActionConfig = Field(
-        default_factory=lambda: SafeActionConfig(reflection_rounds=1, parallel_candidates=True),
-        description="Stage 3 settings. The default is sized for a small model on a CPU: the k candidates "
-        "at once, one reflection round each.",
+    rollout: RolloutConfig = Field(
+        default_factory=lambda: RolloutConfig(judge_temperature=EMBEDDED_JUDGE_TEMPERATURE),
+        description="Stage 2 settings. The default samples the safety judge (see EMBEDDED_JUDGE_TEMPERATURE); "
+        "set judge_temperature 0 with a capable judge.",
     )
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Quality filter, dedup, split.")
+    safe_actions: SafeActionConfig = Field(
+        default_factory=lambda: SafeActionConfig(
+            reflection_rounds=1, parallel_candidates=True, judge_temperature=EMBEDDED_JUDGE_TEMPERATURE
+        ),
+        description="Stage 3 settings. The default is sized for a small model on a CPU: the k candidates "
+        "at once, one reflection round each, a sampled judge.",
+    )
+    dataset: DatasetConfig = Field(
+        default_factory=lambda: DatasetConfig(split=(0.7, 0.1, 0.2)),
+        description="Quality filter, dedup, split. The default holds out a fifth of the scenarios for the "
+        "evaluation, so that a small run has some.",
+    )
     finetune: bool = Field(True, description="Run the fine-tune flow after the dataset (when available).")
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,

@@ -201,3 +201,24 @@ async def test_trajectories_round_trip_through_arrow_rows() -> None:
     result, _, _ = await run(plan(DU, RM), scenarios=[scenario("a"), scenario("b")])
     assert rows.from_table(Trajectory, rows.to_table(result.rows, Trajectory)) == result.rows
     assert isinstance(result.rows[0].steps[0].action, Action)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+async def test_the_judge_samples_at_its_own_temperature_with_seeds_fixed_per_step(temperature: float) -> None:
+    seen: list[ChatRequest] = []
+
+    def judge(request: ChatRequest):
+        seen.append(request)
+        return judge_tools()(request)
+
+    result, _, _ = await run(plan(DU, RM), evaluator=judge, judge_temperature=temperature)
+    assert [s.action.tool for s in result.rows[0].steps] == ["TerminalExecute", "TerminalDeletePath"]
+    assert [r.sampling.temperature for r in seen] == [temperature, temperature]
+    seeds = [r.sampling.seed for r in seen]
+    if temperature == 0:
+        assert seeds == [None, None]  # greedy: the role's own sampling
+    else:
+        assert None not in seeds and seeds[0] != seeds[1]
+        again: list[ChatRequest] = []
+        await run(plan(DU, RM), evaluator=lambda r: again.append(r) or judge_tools()(r), judge_temperature=temperature)
+        assert [r.sampling.seed for r in again] == seeds  # a re-run judges alike

@@ -146,7 +146,10 @@ _SCHEMAS = {
     "any": _inline(TypeAdapter(Value)),
 }
 _THOUGHT = _inline(TypeAdapter(Thought))
-_ANSWER = _inline(TypeAdapter(text(360, min_length=1)))
+MIN_ANSWER_CHARS = 10
+"""The shortest final answer the grammar lets an agent write: a shorter one ("ok") could
+never train (the dataset's quality filter drops it), so a sampled candidate is not spent on it."""
+_ANSWER = _inline(TypeAdapter(text(360, min_length=MIN_ANSWER_CHARS)))
 _OBSERVATION = _inline(TypeAdapter(Annotated[ToolFields, Field(min_length=1)]))
 
 

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from autosafe_core.llm.base import ChatModel
+from autosafe_core.llm.base import ChatModel, SamplingParams
 from autosafe_core.ots import Provenance, Rejection, Usage, stable_id
 from autosafe_core.roles.base import RoleResult
 from autosafe_core.roles.toolbox import CatalogLike, Toolbox
@@ -81,6 +81,15 @@ async def bounded_map(items: Sequence[T], fn: Callable[[T], Awaitable[R]], limit
 def seed_for(*parts: Any) -> int:
     """A sampling seed fixed by the inputs, so a re-run samples, and hits the cache, alike."""
     return int(stable_id(*parts, length=8), 16)
+
+
+def judge_sampling(temperature: float, *key: Any) -> SamplingParams:
+    """The safety judge's sampling: its role default when greedy, else seeded by `key` (re-runs judge alike)."""
+    from autosafe_core.roles.evaluator import SAMPLING
+
+    if temperature == 0:
+        return SAMPLING
+    return SAMPLING.model_copy(update={"temperature": temperature, "seed": seed_for("judge", *key)})
 
 
 def config_key(config: BaseModel, exclude: Iterable[str] = ("concurrency",)) -> dict[str, Any]:

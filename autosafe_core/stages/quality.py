@@ -14,6 +14,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field
 
 from autosafe_core.ots import Action, SafeSample
+from autosafe_core.roles.tool_io import MIN_ANSWER_CHARS
 from autosafe_core.stages.dedup import Dropped, normalise
 
 
@@ -23,7 +24,7 @@ class QualityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_answer_chars: int = Field(
-        10, ge=0, description="Shortest final answer to the user that can be a safe action."
+        MIN_ANSWER_CHARS, ge=0, description="Shortest final answer to the user that can be a safe action."
     )
 
 

@@ -25,7 +25,15 @@ from autosafe_core.llm.base import ChatModel, SamplingParams
 from autosafe_core.ots import Scenario, SimulationMode, Step, StopReason, Trajectory, stable_id
 from autosafe_core.roles import agent, evaluator, simulator
 from autosafe_core.roles.toolbox import CatalogLike, Toolbox, outcome_text
-from autosafe_core.stages.common import Books, Ledger, StageResult, bounded_map, config_key, seed_for
+from autosafe_core.stages.common import (
+    Books,
+    Ledger,
+    StageResult,
+    bounded_map,
+    config_key,
+    judge_sampling,
+    seed_for,
+)
 
 STAGE = "rollout"
 
@@ -41,6 +49,10 @@ class RolloutConfig(BaseModel):
         evaluator.SAFE_SCORE, ge=1, le=3, description="An action scoring below this is unsafe: the risk trigger."
     )
     agent_temperature: float = Field(0.0, ge=0.0, le=2.0, description="Agent sampling temperature.")
+    judge_temperature: float = Field(
+        0.0, ge=0.0, le=2.0,
+        description="Safety judge sampling temperature: 0 is greedy; a tiny judge may need sampling to vary at all.",
+    )
     seed: int = Field(0, description="Part of every trajectory id and sampling seed.")
     retries: int = Field(1, ge=0, le=5, description="Times a rejected answer is asked again, with the reason.")
 
@@ -130,7 +142,7 @@ async def _episode(
             evaluator.ROLE,
             lambda retry_of: evaluator.judge_safety(
                 models.evaluator, scenario, history, action, outcome=outcome, safe_score=cfg.safe_score,
-                retry_of=retry_of,
+                sampling=judge_sampling(cfg.judge_temperature, tid, t), retry_of=retry_of,
             ),
             cfg.retries,
             where,

@@ -29,7 +29,7 @@ from autosafe_core.llm.base import ChatModel, SamplingParams
 from autosafe_core.ots import Action, ReflectionRound, SafeSample, Scenario, Step, StopReason, Trajectory, stable_id
 from autosafe_core.roles import agent, evaluator, reflector
 from autosafe_core.roles.toolbox import CatalogLike, Toolbox, outcome_text
-from autosafe_core.stages.common import Books, Ledger, StageResult, bounded_map, config_key, seed_for
+from autosafe_core.stages.common import Books, Ledger, StageResult, bounded_map, config_key, judge_sampling, seed_for
 
 STAGE = "safe_actions"
 
@@ -44,6 +44,10 @@ class SafeActionConfig(BaseModel):
         evaluator.SAFE_SCORE, ge=1, le=3, description="A verdict scoring at least this (and no trigger) is safe."
     )
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Agent sampling temperature for candidates.")
+    judge_temperature: float = Field(
+        0.0, ge=0.0, le=2.0,
+        description="Safety judge sampling temperature: 0 is greedy; a tiny judge may need sampling to vary at all.",
+    )
     concurrency: int = Field(64, ge=1, le=100_000, description="Trigger states worked on at once at most.")
     seed: int = Field(0, description="Part of every sample id and sampling seed.")
     retries: int = Field(1, ge=0, le=5, description="Times a rejected answer is asked again, with the reason.")
@@ -134,7 +138,7 @@ async def _sample(
             evaluator.ROLE,
             lambda retry_of: evaluator.judge_safety(
                 models.evaluator, scenario, state, action, outcome=outcome, safe_score=cfg.accept_score,
-                retry_of=retry_of,
+                sampling=judge_sampling(cfg.judge_temperature, sid, where), retry_of=retry_of,
             ),
             cfg.retries,
             where,
