@@ -61,7 +61,7 @@ class TrainingFailed(RuntimeError):
 def finetune_flow(config: FactoryConfig) -> RunManifest:
     """Fine-tune the run's agent on its train split; the manifest's `training` says how it went."""
     log = get_run_logger()
-    run = make_run(config)
+    run = data_run(config)
     try:
         job = plan(config)
     except NothingToTrain as exc:
@@ -95,7 +95,7 @@ def finetune_flow(config: FactoryConfig) -> RunManifest:
 
 def plan(config: FactoryConfig) -> TrainJob:
     """The job that tunes the run's agent; NothingToTrain saying why there is none, ValueError for bad settings."""
-    run = make_run(config)
+    run = data_run(config)
     training = config.training
     rows = sum(ref.rows for ref in committed(run, "dataset", shards=["train"]))
     if rows == 0:
@@ -104,13 +104,27 @@ def plan(config: FactoryConfig) -> TrainJob:
     if training.general_data:
         FileSource(training.general_data).check()
     storage = _absolute(config.storage)
-    data_run = run.model_copy(update={"storage": storage})
+    source = run.model_copy(update={"storage": storage})
     ds_config = deepspeed_config(training.deepspeed)
-    tid = train_id(training, base, "weights", data_run, "train", None, ds_config)
+    tid = train_id(training, base, "weights", source, "train", None, ds_config)
     output = storage.model_copy(update={"uri": join(storage.uri, "runs", run.run_id, STAGE, tid)})
     return TrainJob(
-        training=training, base_model=base, data_run=data_run, split="train", output=output, deepspeed_config=ds_config
+        training=training, base_model=base, data_run=source, split="train", output=output, deepspeed_config=ds_config
     )
+
+
+def data_run(config: FactoryConfig) -> Run:
+    """The run as its data was made: its manifest's config hash, when it has one.
+
+    Training changes no row of the data stages, so it may run under code whose defaults have
+    moved since (the hash of the same settings would differ); the rows it adds carry the hash
+    of the data they were learned from, and so does the job's identity.
+    """
+    run = make_run(config)
+    manifest = read_manifest(run)
+    if manifest is not None and manifest.config_hash:
+        run = run.model_copy(update={"config_hash": manifest.config_hash})
+    return run
 
 
 def base_weights(config: FactoryConfig) -> str:

@@ -20,6 +20,7 @@ from flows.pipeline import make_run
 from tests.support.factory import scripted_config
 from tests.support.prefect import prefect_server  # noqa: F401 - fixture
 from tests.support.tiny_llama import tiny_llama_dir
+from tests.test_engines_cli import ray_cluster  # noqa: F401 - fixture
 from tests.test_training_data import dataset_row
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -128,3 +129,57 @@ def test_a_general_set_that_is_not_there_is_named(tmp_path, tiny):
 
     assert result.exit_code == 2
     assert result.output.strip() == f"autosafe: {config}: field 'general_data': {tmp_path / 'general.jsonl'}: no such file"
+
+
+@pytest.mark.slow
+def test_the_quickstart_default_tunes_smollm2_on_the_cpu_in_a_short_lora(prefect_server, tmp_path):
+    """The embedded default's agent (SmolLM2-135M on the transformers backend) and the default
+    training settings, on real SFT rows: what `autosafe run` does once its judge accepts samples."""
+    import time
+
+    from autosafe_core.catalog import default_catalog
+    from autosafe_core.training import to_dataset_row
+    from flows.config import FactoryConfig
+    from tests.support.samples import safe_sample
+
+    config = FactoryConfig(run_id="quick", storage={"uri": str(tmp_path)})
+    run = make_run(config)
+    update_manifest(run, config=config.content())
+    catalog = default_catalog()
+    rows = []
+    for i, toolkit in enumerate(["Terminal", "EmailClient", "BankAccount", "SmartHome"]):
+        sample = safe_sample(f"q{i}")
+        sample = sample.model_copy(update={"scenario": sample.scenario.model_copy(update={"toolkits": [toolkit]})})
+        rows.append(to_dataset_row(sample, "train", catalog))
+    commit_shard(run, "dataset", "dataset", "train", rows)
+
+    began = time.monotonic()
+    training = finetune_flow(config).extra["training"]
+    seconds = time.monotonic() - began
+
+    print(f"default LoRA on SmolLM2: {training['steps']} steps, loss {training['first_loss']:.3f} -> "
+          f"{training['final_loss']:.3f}, {training['tokens_per_s']:.0f} tokens/s, {seconds:.0f} s in all")  # fmt: skip
+    assert training["status"] == "done" and training["steps"] == 8 and training["device"] == "cpu"
+    assert training["base_model"].endswith("smollm2-135m-instruct")
+    assert training["final_loss"] < training["first_loss"]
+
+
+@pytest.mark.slow
+def test_train_on_a_ray_cluster_runs_ray_train_workers_under_the_run_data_config_hash(ray_cluster, tiny, tmp_path):
+    from autosafe_core.store import read_manifest, read_table, write_manifest
+
+    config = bare_run(tmp_path, "on-ray", train_rows=4)
+    run = make_run(config)
+    # Code whose defaults moved since the data was made hashes the same settings differently:
+    # training adds no data row, so it runs under the hash the data was made with.
+    manifest = read_manifest(run)
+    write_manifest(run, manifest.model_copy(update={"config_hash": "d" * 64}))
+
+    result = invoke("train", "on-ray", "--storage", str(tmp_path), "--base-model", str(tiny), "--max-steps", "2",
+                    "--processes", "2", "--ray-address", ray_cluster)  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    training = show(tmp_path, "on-ray")["extra"]["training"]
+    assert training["status"] == "done" and training["devices"] == 2 and training["steps"] == 2
+    assert (Path(training["adapter"]) / "adapter_model.safetensors").is_file()
+    assert set(read_table(run, "training", columns=["config_hash"]).column("config_hash").to_pylist()) == {"d" * 64}
