@@ -18,11 +18,11 @@ the process count and launcher) makes a new job in a new folder.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,25 @@ from autosafe_core.training.loss_plot import loss_plot
 from autosafe_core.training.train import STEP_EVENT
 from flows import progress
 from flows.config import FactoryConfig
-from flows.pipeline import make_run
+from flows.pipeline import ShardsFailed, make_run
 
 STAGE = "finetune"
 """The stage of the `training` table's rows, and the folder of the run's jobs."""
 TABLE = "training"
 ENTRY_POINT = "autosafe_core.training.train"
 REPO = Path(__file__).resolve().parent.parent
-TAIL_LINES = 40
 
 
 class NothingToTrain(ValueError):
     """The run cannot be trained on as it is: no train rows, or no weights to tune."""
 
 
-class TrainingFailed(RuntimeError):
-    """The training job ended without its result; its log is in the job's folder."""
+class TrainingFailed(ShardsFailed):
+    """The training job ended without its result; its log is in the job's folder.
+
+    A failed part of the run that running it again resumes (from the newest checkpoint), as a
+    failed shard is: the CLI reports both in one line with exit status 1.
+    """
 
 
 @flow(name="finetune", flow_run_name="finetune-{config.run_id}")
@@ -84,7 +87,7 @@ def finetune_flow(config: FactoryConfig) -> RunManifest:
         result = folder.read_json(RESULT)
         if result is None:
             raise TrainingFailed(f"job {job.train_id} ended without {folder.uri(RESULT)}")
-    summary = record(run, config.training, job, folder, result)
+    summary = record(run, config, job, folder, result)
     log.info("run %s: trained %s steps, loss %.4f -> %.4f, %s", run.run_id, summary["steps"],
              summary["first_loss"], summary["final_loss"], summary.get("adapter") or summary.get("model"))  # fmt: skip
     return update_manifest(run, extra={TABLE: summary})
@@ -185,7 +188,6 @@ def launch_local(job: TrainJob, folder: JobFolder) -> None:
     job_file.write_text(job.model_dump_json())
     command = launch_command(job.training, job_file)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
     lines: list[str] = []
     console = progress.console()
     log = get_run_logger()
@@ -196,7 +198,6 @@ def launch_local(job: TrainJob, folder: JobFolder) -> None:
         for line in process.stdout:
             line = line.rstrip("\n")
             lines.append(line)
-            tail.append(line)
             if line.startswith(STEP_EVENT):
                 row = TrainingStepRow.model_validate_json(line.removeprefix(STEP_EVENT))
                 message = (f"step {row.step}: loss {row.loss:.4f}, {row.tokens_per_s_per_device:,.0f} tokens/s "
@@ -209,9 +210,16 @@ def launch_local(job: TrainJob, folder: JobFolder) -> None:
         code = process.wait()
     put_whole(folder.fs, folder.path("launcher.log"), "\n".join(lines).encode())
     if code != 0:
-        errors = [line for line in tail if "Error" in line or "error" in line]
-        last = (errors or list(tail) or ["no output"])[-1].strip()
-        raise TrainingFailed(f"training exited with status {code}: {last}")
+        raise TrainingFailed(f"training exited with status {code}: {_cause(lines)}")
+
+
+_EXCEPTION = re.compile(r"^(?:\[rank\d+\]: )?((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception)\b.*)$")
+
+
+def _cause(lines: list[str]) -> str:
+    """The trainer's own exception line from a launcher's output (not the launcher's summary of it)."""
+    found = [m.group(1) for m in map(_EXCEPTION.match, lines) if m and "ChildFailedError" not in m.group(1)]
+    return (found or [line for line in lines if line.strip()] or ["no output"])[-1].strip()
 
 
 def launch_ray(job: TrainJob, address: str) -> None:
@@ -260,8 +268,9 @@ def _ray_storage(folder: JobFolder) -> dict[str, Any]:
 # -- what the run keeps ------------------------------------------------------------------------
 
 
-def record(run: Run, training: TrainingConfig, job: TrainJob, folder: JobFolder, result: dict[str, Any]) -> dict[str, Any]:
+def record(run: Run, config: FactoryConfig, job: TrainJob, folder: JobFolder, result: dict[str, Any]) -> dict[str, Any]:
     """Commit the step rows, draw the loss curve, and return the manifest's `training` entry."""
+    training = config.training
     rows = [TrainingStepRow.model_validate_json(line) for line in folder.read_lines(METRICS) if line.strip()]
     last = {row.step: row for row in rows}  # a resumed job logged some steps twice: the later counts
     rows = [last[step] for step in sorted(last)]
@@ -276,7 +285,8 @@ def record(run: Run, training: TrainingConfig, job: TrainJob, folder: JobFolder,
         "train_id": job.train_id,
         "method": training.method,
         kind: result[kind],
-        "base_model": training.base_model or job.base_model,
+        "base_model": training.base_model or config.models.for_role("agent").model,
+        "base_weights": job.base_model,
         "steps": result["steps"],
         "examples": result["examples"],
         "devices": result["devices"],

@@ -144,3 +144,18 @@ def test_zero3_under_the_deepspeed_launcher_trains_and_saves_the_whole_adapter(w
     reference = load_file(zero2 / "adapter" / "adapter_model.safetensors")
     assert {k: v.shape for k, v in gathered.items()} == {k: v.shape for k, v in reference.items()}
     assert all(v.abs().sum() > 0 for k, v in gathered.items() if "lora_B" in k), "every LoRA B was trained and gathered"
+
+
+def test_full_fine_tuning_in_one_bare_process_saves_a_model_that_loads(workspace):
+    job = job_file(workspace, "full", "zero2", method="full", learning_rate=1e-3, max_steps=3, micro_batch_size=4)
+    launch([sys.executable, "-m", "autosafe_core.training.train"], job)
+
+    result = json.loads((workspace / "full" / RESULT).read_text())
+    assert result["method"] == "full" and result["devices"] == 1 and result["model"] == str(workspace / "full" / "model")
+    rows = metrics(workspace / "full")
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] < rows[0]["loss"]
+    tuned = LlamaForCausalLM.from_pretrained(result["model"])
+    base = LlamaForCausalLM.from_pretrained(workspace / "base")
+    assert AutoTokenizer.from_pretrained(result["model"]).chat_template
+    changed = [name for name, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[name])]
+    assert any("mlp" in name for name in changed) and any("embed_tokens" in name for name in changed)

@@ -183,3 +183,18 @@ def test_train_on_a_ray_cluster_runs_ray_train_workers_under_the_run_data_config
     assert training["status"] == "done" and training["devices"] == 2 and training["steps"] == 2
     assert (Path(training["adapter"]) / "adapter_model.safetensors").is_file()
     assert set(read_table(run, "training", columns=["config_hash"]).column("config_hash").to_pylist()) == {"d" * 64}
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_exits_1_in_one_line_and_the_run_records_why(prefect_server, tmp_path):
+    bare_run(tmp_path, "broken", train_rows=2)
+    missing = tmp_path / "no-such-model"
+
+    result = invoke("train", "broken", "--storage", str(tmp_path), "--base-model", str(missing), "--max-steps", "1")
+
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()[-1:]
+    assert line.startswith("autosafe: training exited with status 1: ") and "no-such-model" in line
+    training = show(tmp_path, "broken")["extra"]["training"]
+    assert training["status"] == "failed" and training["reason"] == line.removeprefix("autosafe: ")
+    assert "Traceback" in Path(training["log"]).read_text()

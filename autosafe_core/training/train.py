@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import queue
+import shutil
 import socket
 import sys
 import tempfile
@@ -138,6 +139,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     if rank == 0:
         folder.write_json(result, RESULT)
     _barrier()
+    shutil.rmtree(folder.scratch, ignore_errors=True)
     del keep_alive
     return result
 
