@@ -19,6 +19,7 @@ from flows.finetune import finetune_flow
 from flows.pipeline import make_run
 from tests.support.factory import scripted_config
 from tests.support.prefect import prefect_server  # noqa: F401 - fixture
+from tests.support.s3 import moto_s3, s3_storage  # noqa: F401 - fixtures
 from tests.support.tiny_llama import tiny_llama_dir
 from tests.test_engines_cli import ray_cluster  # noqa: F401 - fixture
 from tests.test_training_data import dataset_row
@@ -198,3 +199,41 @@ def test_a_job_that_fails_exits_1_in_one_line_and_the_run_records_why(prefect_se
     training = show(tmp_path, "broken")["extra"]["training"]
     assert training["status"] == "failed" and training["reason"] == line.removeprefix("autosafe: ")
     assert "Traceback" in Path(training["log"]).read_text()
+
+
+@pytest.mark.slow
+def test_on_s3_checkpoints_and_the_adapter_go_to_the_bucket_and_a_restart_resumes_from_there(
+    prefect_server, moto_s3, s3_storage, tiny, monkeypatch
+):
+    import s3fs
+
+    config = bare_run(s3_storage, "in-s3", train_rows=4)
+    config = config.model_copy(update={"training": config.training.model_copy(
+        update={"base_model": str(tiny), "max_steps": 4, "save_steps": 2, "learning_rate": 1e-2})})  # fmt: skip
+
+    first = finetune_flow(config).extra["training"]
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_s3.endpoint_url})
+    folder = first["folder"]
+    assert folder.startswith(f"{s3_storage.uri}/runs/in-s3/finetune/") and first["adapter"] == f"{folder}/adapter"
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(folder)}
+    assert {"checkpoints", "adapter", "metrics.jsonl", "result.json", "loss.png", "job.json", "launcher.log"} <= names
+    assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{folder}/checkpoints")} >= {"step-00000002", "step-00000004", "latest.json"}
+    before = [json.loads(line)["loss"] for line in fs.cat(f"{folder}/metrics.jsonl").decode().splitlines()]
+
+    # A crash after step 2: the newest complete checkpoint is step 2, and there is no result.
+    fs.rm(f"{folder}/result.json")
+    fs.rm(f"{folder}/adapter", recursive=True)
+    fs.pipe(f"{folder}/checkpoints/latest.json", json.dumps({"tag": "step-00000002", "step": 2}).encode())
+    again = finetune_flow(config).extra["training"]
+
+    assert again["adapter"] == first["adapter"]
+    log = fs.cat(f"{folder}/launcher.log").decode()
+    assert "resuming after step 2" in log
+    after = [json.loads(line)["loss"] for line in fs.cat(f"{folder}/metrics.jsonl").decode().splitlines()]
+    assert after == pytest.approx(before, rel=1e-5) and len(after) == 4
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)  # where the backends' fsspec finds the bucket
+    from autosafe_core.llm.local_weights import local_adapter
+
+    assert (local_adapter(again["adapter"]) / "adapter_model.safetensors").is_file()
