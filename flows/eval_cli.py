@@ -8,7 +8,9 @@ that holds only evaluations. Settings are the file's `evaluation` section, else
 the adapter and the configuration are all checked before anything is written: a
 mistake ends in one line naming the file, record or field, and exit status 2; shards
 that failed after their retries end in exit status 1, and running the same command
-again redoes only them. The last line printed names the report command.
+again redoes only them. The report the flow wrote (or why it could not) is printed
+with the figures; the last line printed names the report command, which rewrites a page
+over every benchmark of the run.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def eval_command(
     for label, agreement in evaluation.headline.get("agreement", {}).items():
         shown = ", ".join(f"{k} {v:.3f}" for k, v in agreement.items() if isinstance(v, float))
         console.print(f"  {label:<10} agreement with the labels: {shown}")
+    console.print(f"  report: {evaluation.report}" if evaluation.report else f"  no report: {evaluation.report_error}")
     typer.echo(f"eval {bench.name} of run {run_id} done: autosafe report {run_id} --storage {factory.storage.uri}")
 
 

@@ -8,23 +8,23 @@ benchmark, with `--data` and `--adapter`. Each label's cases are cut into shards
 `shard_size`, one task each, committed to the run's `eval` table under a stage named
 by what decides the rows (`evaluation.evaluations`), so a re-run skips what is
 committed and a crashed run redoes only its missing shards. The evaluation is then
-recorded in the manifest, with headline figures when the metrics module is installed.
+recorded in the manifest and summarised (`eval_summary`): headline figures and the HTML
+report (`runs/<run_id>/reports/eval-<benchmark>.html`) recorded with it, and a markdown
+artifact in the Prefect UI. A report that fails is recorded as `report_error`; the rows
+stay.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 
 from autosafe_core.evaluation.benchmarks import Benchmark, CaseSet, Source, benchmark
-from autosafe_core.evaluation.evaluations import Evaluation, LabelRun, current_rows, record_evaluation
+from autosafe_core.evaluation.evaluations import Evaluation, LabelRun, record_evaluation
 from autosafe_core.evaluation.run_cases import EvalConfig
 from autosafe_core.llm.registry import ModelSpec
 from autosafe_core.roles import prompt_versions
@@ -39,6 +39,7 @@ from autosafe_core.store import (
 )
 from autosafe_core.store.location import join
 from flows.config import FactoryConfig
+from flows.eval_summary import publish_evaluation, summarise
 from flows.pipeline import ShardsFailed, make_run
 from tasks.common import catalog
 from tasks.engines import EngineRef, engines
@@ -105,9 +106,10 @@ def evaluate_flow(
         labels={label: _label_run(run, label, stages[label], spec, config, failed) for label, spec in specs.items()},
         finished_at=datetime.now(UTC),
     )
-    record_evaluation(run, evaluation)
-    evaluation = evaluation.model_copy(update={"headline": headline(run, bench.name)})
+    record_evaluation(run, evaluation)  # the rows are on record before anything reads them
+    evaluation = summarise(run, evaluation, log)
     manifest = record_evaluation(run, evaluation)
+    publish_evaluation(run.run_id, evaluation, log)
     log.info("evaluate %s on run %s: %.1f s, %s", bench.name, run.run_id, time.monotonic() - started,
              ", ".join(f"{k} {v.rows} rows ({v.judge_errors} judge errors)" for k, v in evaluation.labels.items()))
     if failed:
@@ -239,40 +241,3 @@ def _label_run(
         judge_errors=sum(r.counters.get(f"{stage}.judge_errors", 0) for r in refs),
         failed_shards=failed.get(label, []),
     )
-
-
-def headline(run: Run, benchmark_name: str) -> dict[str, Any]:
-    """The figures a manifest reader wants first, from the metrics module when it is installed."""
-    if importlib.util.find_spec("autosafe_core.evaluation.metrics") is None:
-        return {}
-    metrics = importlib.import_module("autosafe_core.evaluation.metrics")
-    rows = current_rows(run, [benchmark_name])
-    if not rows:
-        return {}
-    figures = metrics.compute_metrics(rows).benchmarks[benchmark_name]
-    out: dict[str, Any] = {}
-    for label, model in figures.models.items():
-        overall = model.overall
-        out[label] = {
-            "cases": overall.cases,
-            "judge_errors": overall.judge_errors,
-            "safe_rate": overall.safe_rate.value,
-            "safety": overall.safety.value,
-            "helpfulness": overall.helpfulness.value,
-        }
-    if figures.comparison is not None:
-        overall = figures.comparison.overall
-        out["tuned_vs_base"] = {
-            "safe_rate_difference": overall.safe_rate.difference.value,
-            "safety_relative": overall.safety.relative.value,
-            "helpfulness_difference": overall.helpfulness.difference.value,
-        }
-    for label, agreement in figures.agreement.items():
-        out.setdefault("agreement", {})[label] = {
-            "records": agreement.records,
-            "judge_errors": agreement.judge_errors,
-            "accuracy": agreement.accuracy.value,
-            "f1_unsafe": agreement.f1_unsafe.value,
-            "recall_unsafe": agreement.recall_unsafe.value,
-        }
-    return out

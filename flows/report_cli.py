@@ -1,10 +1,12 @@
 """`autosafe report`: a run's evaluation as one self-contained HTML page.
 
-Reads the run's committed `eval` rows (every benchmark, or those named with
-`--benchmark`), computes the metrics and writes the page in one atomic write: by default
-into the run's own folder, `runs/<run_id>/reports/eval.html` (`eval-<names>.html` for
-named benchmarks), on the run's storage (local folder or S3); `--out` takes a local path,
-a folder, or an s3:// URI instead. The page's path is the last line printed. A run that
+Reads the rows of each benchmark's latest evaluation (`evaluations.current_rows`: a
+benchmark evaluated twice, with other settings or another adapter, is reported once, as
+its latest evaluation), of every benchmark or those named with `--benchmark`, computes
+the metrics and writes the page in one atomic write: by default into the run's own
+folder, `runs/<run_id>/reports/eval.html` (`eval-<names>.html` for named benchmarks, the
+file the evaluate flow writes after each evaluation), on the run's storage (local folder
+or S3); `--out` takes a local path, a folder, or an s3:// URI instead. The page's path is the last line printed. A run that
 is not there, has no eval rows, or has none of a named benchmark ends in one line on
 stderr and exit status 2, with nothing written. This module reads the store and writes
 only the page.
@@ -18,15 +20,14 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from autosafe_core.evaluation.evaluations import current_rows
 from autosafe_core.evaluation.metrics import Bootstrap
 from autosafe_core.evaluation.report import render_report
-from autosafe_core.store import EvalRow, Run, StorageConfig, read_records
+from autosafe_core.evaluation.report_file import page_name, page_uri, write_run_page
+from autosafe_core.store import EvalRow, Run, StorageConfig
 from autosafe_core.store.location import join, put_whole
-from autosafe_core.store.shards import run_dir
 from flows.inspect_cli import STORE_ERRORS, RunIdArg, open_run, unreadable
 from flows.run_cli import EndpointOpt, StorageOpt, fail
-
-REPORTS = "reports"
 
 
 def report(
@@ -51,7 +52,7 @@ def report(
     """Write the HTML report of a run's evaluation; prints the page's path last."""
     run, _, _ = open_run(run_id, storage, endpoint_url)
     try:
-        rows: list[EvalRow] = read_records(run, "eval")
+        rows: list[EvalRow] = current_rows(run)
     except STORE_ERRORS as exc:
         raise unreadable(run, exc) from None
     if not rows:
@@ -62,31 +63,27 @@ def report(
             if name not in present:
                 raise fail(f"run {run_id} has no eval rows of benchmark {name!r}; it has: {', '.join(present)}")
         rows = [r for r in rows if r.benchmark in benchmarks]
-    name = "eval.html" if not benchmarks else f"eval-{'-'.join(sorted(set(benchmarks)))}.html"
     html = render_report(rows, run_id, Bootstrap(resamples=resamples, seed=seed), examples=examples)
     try:
-        shown = write_page(run, out, name, endpoint_url, html.encode("utf-8"))
+        shown = write_page(run, out, page_name(benchmarks), endpoint_url, html)
     except STORE_ERRORS as exc:
         raise fail(f"{out or 'report'}: {_first_line(exc)}") from None
     typer.echo(shown)
 
 
-def write_page(run: Run, out: str | None, name: str, endpoint_url: str | None, data: bytes) -> str:
+def write_page(run: Run, out: str | None, name: str, endpoint_url: str | None, html: str) -> str:
     """Write the page where `--out` says (or into the run's folder) and return where it went."""
     if out is None:
-        fs, run_path = run_dir(run)
-        path, is_s3 = join(run_path, REPORTS, name), run.storage.is_s3
-    else:
-        try:
-            target = StorageConfig(uri=out, endpoint_url=endpoint_url)
-        except ValidationError as exc:
-            raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
-        fs, path = target.filesystem()
-        is_s3 = target.is_s3
-        if not is_s3 and os.path.isdir(path):
-            path = join(path, name)
-    put_whole(fs, path, data)
-    return fs.unstrip_protocol(path) if is_s3 else path
+        return write_run_page(run, name, html)
+    try:
+        target = StorageConfig(uri=out, endpoint_url=endpoint_url)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    fs, path = target.filesystem()
+    if not target.is_s3 and os.path.isdir(path):
+        path = join(path, name)
+    put_whole(fs, path, html.encode("utf-8"))
+    return page_uri(fs, path, target.is_s3)
 
 
 def _first_line(exc: Exception) -> str:

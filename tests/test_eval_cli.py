@@ -95,6 +95,7 @@ def test_toolemu_base_and_tuned_then_rjudge_on_one_run(prefect_server, tmp_path)
     toolemu = invoke(*common, "--benchmark", "toolemu", "--data", str(FIXTURES / "toolemu"), "--adapter", str(adapter))
     assert toolemu.exit_code == 0, toolemu.output
     assert toolemu.output.strip().splitlines()[-1] == f"eval toolemu of run r1 done: autosafe report r1 --storage {storage}"
+    assert f"report: {storage / 'runs' / 'r1' / 'reports' / 'eval-toolemu.html'}" in toolemu.output
     rjudge = invoke(*common, "--benchmark", "rjudge", "--data", str(FIXTURES / "rjudge"))
     assert rjudge.exit_code == 0, rjudge.output
     assert "agreement with the labels" in rjudge.output

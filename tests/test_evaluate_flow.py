@@ -6,6 +6,8 @@ redone alone, and a judge that answers garbage yields judge errors, not scores.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from autosafe_core.evaluation.evaluations import current_rows, evaluations
@@ -48,6 +50,7 @@ def test_the_factory_on_local_ray_evaluates_its_held_out_scenarios_and_a_rerun_c
     assert all((r.safety_score is None) == (r.judge_error is not None) for r in rows)
     assert evaluation.labels["base"].rows == len(rows) and evaluation.headline["base"]["cases"] == len(rows)
     assert {r.stage for r in committed(run_of(config), "eval")} == {evaluation.labels["base"].stage}
+    assert evaluation.report.endswith("/runs/test-run/reports/eval-synthetic.html") and os.path.isfile(evaluation.report)
     before = eval_commits(config)
 
     launch_data("run", config)

@@ -6,9 +6,9 @@ where the key is a hash of everything that decides the rows: the cases, the sett
 the prompts and the model specs. Re-running the same evaluation finds its committed
 shards and skips them; another adapter or setting writes another stage beside it. The
 manifest's `extra["evaluation"]` keeps, per benchmark, the latest evaluation: its
-stages, cases, settings and what was left out; `current_rows` reads exactly those
-stages, so a report never mixes two evaluations of one benchmark. Knows nothing about
-Prefect or how rows are produced.
+stages, cases, settings, what was left out, its headline figures and where its report
+is; `current_rows` reads exactly those stages, so a report never mixes two evaluations
+of one benchmark. Knows nothing about Prefect or how rows are produced.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class Evaluation(Record):
     labels: dict[str, LabelRun] = Field(default_factory=dict)
     finished_at: datetime
     headline: dict[str, Any] = Field(default_factory=dict, description="Headline figures from the metrics module.")
+    report: str | None = Field(None, description="The URI of this evaluation's HTML report, once written.")
+    report_error: str | None = Field(None, description="Why the report was not written; the rows are kept.")
 
 
 def evaluations(manifest: RunManifest | None) -> dict[str, Evaluation]:

@@ -35,6 +35,7 @@ from autosafe_core.evaluation.metrics import (
     BenchmarkMetrics,
     Delta,
     Estimate,
+    EvalMetrics,
     compute_metrics,
     exclusion,
     is_safe,
@@ -395,14 +396,16 @@ def render_report(
     settings: Bootstrap | None = None,
     examples: int = 3,
     generated_at: datetime | None = None,
+    metrics: EvalMetrics | None = None,
 ) -> str:
     """The HTML page of an evaluation's rows.
 
-    examples: cases shown turn by turn per benchmark; generated_at: the time the page states (default now).
+    examples: cases shown turn by turn per benchmark; generated_at: the time the page states (default now);
+    metrics: the rows' figures when already computed (`compute_metrics(rows, settings)`).
     """
     if not rows:
         raise ValueError("no eval rows to report on")
-    metrics = compute_metrics(rows, settings)
+    metrics = metrics or compute_metrics(rows, settings)
     by_benchmark: dict[str, list[EvalRow]] = {}
     for row in rows:
         by_benchmark.setdefault(row.benchmark, []).append(row)
