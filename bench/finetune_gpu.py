@@ -144,6 +144,7 @@ def child_env(cpu: bool) -> dict[str, str]:
     env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # DeepSpeed's op builder cannot parse the image's "9.0a"
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on shared cores
     return env
 
 

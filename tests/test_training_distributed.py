@@ -67,7 +67,7 @@ def job_file(root: Path, name: str, stage: str, **training) -> Path:
 
 
 def launch(command: list[str], job: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}  # as flows/finetune.py starts it
     done = subprocess.run([*command, "--job", str(job)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done

@@ -70,6 +70,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     folder = JobFolder(job.output, Path(tempfile.mkdtemp(prefix=f"autosafe-train-{job.train_id}-")))
     done = folder.read_json(RESULT)
     if done is not None:
+        shutil.rmtree(folder.scratch, ignore_errors=True)
         return done
     started = time.perf_counter()
     t = job.training
@@ -291,7 +292,7 @@ def _engine(job: TrainJob, model: Any, ds_config: dict[str, Any], steps: int) ->
         groups.append({"params": no_decay, "weight_decay": 0.0})
     fused = {"fused": True} if torch.cuda.is_available() else {}
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=(0.9, 0.999), eps=1e-8, **fused)
-    warmup = math.ceil(t.warmup_ratio * steps)
+    warmup = round(t.warmup_ratio * steps)  # a short run (the CPU quickstart's 8 steps) wastes none at lr 0
 
     def schedule(opt: Any) -> Any:
         return get_scheduler(t.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps)
