@@ -161,8 +161,10 @@ def run_entry_point(name: str, stage: str, args: argparse.Namespace, work: Path,
         max_steps=args.warmup + args.steps, learning_rate=1e-4, warmup_ratio=0.0, save_steps=10**6,
         gradient_checkpointing=args.checkpointing == "on", shuffle_buffer=64, processes=args.gpus,
     )  # fmt: skip
+    ds_config = deepspeed_config(stage)
+    ds_config["zero_optimization"].update(args.zero_override)
     job = TrainJob(training=training, base_model=str(model), load_format="dummy", data_uri=str(data),
-                   output=StorageConfig(uri=str(output)), deepspeed_config=deepspeed_config(stage))  # fmt: skip
+                   output=StorageConfig(uri=str(output)), deepspeed_config=ds_config)  # fmt: skip
     job_file = work / f"{name}.json"
     job_file.write_text(job.model_dump_json())
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}",
@@ -305,6 +307,9 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=("on", "off"), default="off", help="Gradient checkpointing.")
     parser.add_argument("--warmup", type=int, default=3, help="Steps not timed.")
     parser.add_argument("--steps", type=int, default=10, help="Timed steps.")
+    parser.add_argument("--zero-override", action="append", default=[], metavar="KEY=JSON",
+                        help="Set zero_optimization.KEY in the shipped configs for this run (repeatable), "
+                        "e.g. stage3_module_granularity_threshold=3000000.")  # fmt: skip
     parser.add_argument("--peak-tflops", type=float, default=None, help="Peak bf16 TFLOP/s per GPU (default: 989 on H100/H200).")
     parser.add_argument("--out", type=Path, default=None, help="Result JSON (default bench/results/finetune-gpu[-tiny].json).")
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temporary one).")
@@ -314,6 +319,7 @@ def main() -> None:
     parser.add_argument("--rows", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.seq = args.seq or (128 if args.tiny else 2048)
+    args.zero_override = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.zero_override)}
     if args.plain_worker:
         plain_worker(args)
         return
@@ -357,7 +363,8 @@ def main() -> None:
         "settings": {"seq": args.seq, "micro_batch": args.micro_batch, "accumulation": args.accumulation,
                      "lora_rank": args.rank, "lora_targets": "all-linear", "gradient_checkpointing": args.checkpointing,
                      "precision": "bf16" if info["kind"] == "cuda" else "fp32", "optimizer": "torch AdamW (fused on CUDA)",
-                     "deepspeed_configs": "infra/deepspeed/zero2.json, zero3.json",
+                     "deepspeed_configs": "infra/deepspeed/zero2.json, zero3.json", "zero_override": args.zero_override,
+                     "plain_peft": "bf16 base, peft's default float32 adapter weights, torch AdamW (fused), no DeepSpeed",
                      "warmup_steps": args.warmup, "timed_steps": args.steps},  # fmt: skip
         "definitions": {
             "flops_per_token": "4N + 8 x layers x hidden x seq (LoRA: frozen weights get no weight gradients); "

@@ -158,13 +158,13 @@ def _distributed() -> tuple[int, int, int, torch.device]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     # Ray Train may show each worker only its own GPU: then local rank 1 is device 0.
     device = torch.device("cuda", local_rank % torch.cuda.device_count()) if on_gpu else torch.device("cpu")
     if on_gpu:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before NCCL starts, so each process's communicator is on its own GPU
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return rank, world, local_rank, device
 
 
