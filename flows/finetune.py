@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,26 +72,33 @@ def finetune_flow(config: FactoryConfig) -> RunManifest:
         log.warning("run %s: training skipped: %s", run.run_id, exc)
         return update_manifest(run, extra={TABLE: {"status": "skipped", "reason": str(exc)}})
     folder = JobFolder(job.output, Path(tempfile.mkdtemp(prefix="autosafe-finetune-")))
-    result = folder.read_json(RESULT)
-    if result is None:
-        folder.write_json(job.model_dump(mode="json"), "job.json")
-        log.info("run %s: training job %s in %s", run.run_id, job.train_id, folder.uri())
-        try:
-            if config.ray_address:
-                launch_ray(job, config.ray_address)
-            else:
-                launch_local(job, folder)
-        except TrainingFailed as exc:
-            update_manifest(run, extra={TABLE: {"status": "failed", "train_id": job.train_id, "reason": str(exc),
-                                                "log": folder.uri("launcher.log")}})  # fmt: skip
-            raise
-        result = folder.read_json(RESULT)
-        if result is None:
-            raise TrainingFailed(f"job {job.train_id} ended without {folder.uri(RESULT)}")
+    try:
+        result = folder.read_json(RESULT) or _train(job, folder, config.ray_address, run)
+    finally:
+        shutil.rmtree(folder.scratch, ignore_errors=True)
     summary = record(run, config, job, folder, result)
     log.info("run %s: trained %s steps, loss %.4f -> %.4f, %s", run.run_id, summary["steps"],
              summary["first_loss"], summary["final_loss"], summary.get("adapter") or summary.get("model"))  # fmt: skip
     return update_manifest(run, extra={TABLE: summary})
+
+
+def _train(job: TrainJob, folder: JobFolder, ray_address: str | None, run: Run) -> dict[str, Any]:
+    """Launch the job and return its result; on failure, record why in the manifest and raise."""
+    folder.write_json(job.model_dump(mode="json"), "job.json")
+    get_run_logger().info("run %s: training job %s in %s", run.run_id, job.train_id, folder.uri())
+    try:
+        if ray_address:
+            launch_ray(job, ray_address)
+        else:
+            launch_local(job, folder)
+        result = folder.read_json(RESULT)
+        if result is None:
+            raise TrainingFailed(f"job {job.train_id} ended without {folder.uri(RESULT)}")
+    except TrainingFailed as exc:
+        where = {"log": folder.uri("launcher.log")} if not ray_address else {"ray": f"{ray_address}, job {job.train_id}"}
+        update_manifest(run, extra={TABLE: {"status": "failed", "train_id": job.train_id, "reason": str(exc), **where}})
+        raise
+    return result
 
 
 # -- the job ---------------------------------------------------------------------------------
