@@ -139,6 +139,9 @@ def run_report(run: Run, manifest: RunManifest | None, summary: Mapping[str, Any
         "usage_by_role": {role: usage.model_dump() for role, usage in sorted(by_role.items())},
         "safety": safety_report(run),
         "counters": dict(sorted(summary["counters"].items())),
+        # Later flows' results, at the top where people look for them (also kept under `extra`).
+        "training": (manifest.extra.get("training") if manifest else None) or {},
+        "evaluation": (manifest.extra.get("evaluation") if manifest else None) or {},
         "extra": manifest.extra if manifest else {},
     }
 

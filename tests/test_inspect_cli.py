@@ -150,7 +150,10 @@ def test_show_json_counts_the_rows_of_every_table(run):
 
 def test_show_json_prints_exactly_one_object_with_every_documented_key(run):
     report = show_json(run.storage)
-    assert set(report) == {"run_id", "config_hash", "tables", "usage", "usage_by_role", "safety", "counters", "extra"}
+    assert set(report) == {
+        "run_id", "config_hash", "tables", "usage", "usage_by_role", "safety", "counters", "training", "evaluation",
+        "extra",
+    }
     assert report["run_id"] == RUN_ID
 
 
@@ -166,6 +169,7 @@ def test_show_json_passes_counters_extra_and_config_hash_through(run):
     report = show_json(run.storage)
     assert report["counters"] == {"rollout.rejections": 3, "rollout.task_retries": 1}
     assert report["extra"] == {"training": {"final_loss": 0.25}}
+    assert report["training"] == {"final_loss": 0.25} and report["evaluation"] == {}
     assert len(report["config_hash"]) == 64
 
 

@@ -71,6 +71,7 @@ def test_the_factory_trains_the_agent_and_train_tunes_again_with_other_settings(
     adapter = result.output.strip().splitlines()[-1]
     report = show(storage, "tuned")
     second = report["extra"]["training"]
+    assert report["training"] == second  # `show --json` also puts it at the top
     assert second["adapter"] == adapter != first["adapter"] and second["steps"] == 3
     assert report["tables"]["training"] == 5
     rows: list[TrainingStepRow] = read_records(make_run(config), "training")
