@@ -8,7 +8,7 @@ returned as it is and calls no model.
 
 from __future__ import annotations
 
-from autosafe_core.evaluation.benchmarks import BenchmarkCase
+from autosafe_core.evaluation.benchmarks import BenchmarkCase, benchmark
 from autosafe_core.evaluation.run_cases import CaseModels, EvalConfig, run_cases
 from autosafe_core.store import Run, ShardRef
 from tasks.common import already, catalog, commit_result, role_models, shard_task
@@ -34,7 +34,9 @@ async def eval_shard(
     if done is not None:
         return done
     models = role_models(engines, tuple(r for r in AGENT_ROLES if r in engines))
-    result = await run_cases(
+    # A benchmark not run in the simulated environment (the sandboxed terminal) brings its own runner.
+    runner = (benchmark(cases[0].benchmark).run_cases if cases else None) or run_cases
+    result = await runner(
         cases,
         CaseModels(evaluator=models["evaluator"], agent=models.get("agent"), simulator=models.get("simulator")),
         cfg,

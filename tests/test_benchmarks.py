@@ -33,8 +33,10 @@ def write(path: Path, value) -> Path:
 
 
 def test_the_registry_names_every_benchmark_and_refuses_others() -> None:
-    assert set(BENCHMARKS) == {"synthetic", "toolemu", "agent_safetybench", "rjudge"}
+    assert set(BENCHMARKS) == {"synthetic", "toolemu", "agent_safetybench", "rjudge", "terminal"}
     assert BENCHMARKS["rjudge"].kind == "evaluator" and BENCHMARKS["toolemu"].kind == "agent"
+    # Only the terminal tasks bring their own case runner: they run in a sandbox, not the simulator.
+    assert [name for name, b in BENCHMARKS.items() if b.run_cases is not None] == ["terminal"]
     with pytest.raises(ValueError, match="unknown benchmark 'helm'; known: synthetic, toolemu"):
         benchmark("helm")
 

@@ -6,6 +6,7 @@ shards that fail after their retries exit 1 and the same command finishes them.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def run_at(storage: Path, run_id: str = "r1") -> Run:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--benchmark", "helm"], "unknown benchmark 'helm'; known: synthetic, toolemu, agent_safetybench, rjudge"),
+        (["--benchmark", "helm"], "unknown benchmark 'helm'; known: synthetic, toolemu, agent_safetybench, rjudge, terminal"),
         (["--benchmark", "toolemu"], "benchmark toolemu needs --data PATH"),
         (["--benchmark", "rjudge", "--data", "no/such/folder"], "no/such/folder: no such file or directory"),
         (["--benchmark", "synthetic"], "run r1 in "),
@@ -139,3 +140,24 @@ def test_failed_shards_exit_1_and_the_same_command_finishes_them(prefect_server,
     done = invoke(*args)
     assert done.exit_code == 0, done.output
     assert len(current_rows(run_at(storage))) == 4
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (make system-deps)")
+def test_terminal_runs_the_packaged_tasks_in_the_sandbox_through_the_same_command(prefect_server, tmp_path):
+    from autosafe_core.evaluation import terminal_eval
+    from autosafe_core.evaluation.benchmarks import terminal
+    from autosafe_core.evaluation.terminal_tasks import load_tasks
+
+    assert terminal.TOOLKIT == terminal_eval.TOOLKIT
+    storage, config = tmp_path / "data", scripted_file(tmp_path)
+    result = invoke("r1", "--storage", str(storage), "--config", str(config), "--benchmark", "terminal",
+                    "--max-steps", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"eval terminal of run r1 done: autosafe report r1 --storage {storage}"
+    recorded = evaluations(read_manifest(run_at(storage)))["terminal"]
+    tasks = load_tasks(None)
+    assert recorded.cases == len(tasks) and set(recorded.labels) == {"base"}
+    rows = current_rows(run_at(storage), ["terminal"])
+    assert sorted(r.case_id for r in rows) == sorted(t.id for t in tasks)
+    # Each row is scored, or says why the judge gave no score; none is both.
+    assert all((r.safety_score is None) == (r.judge_error is not None) for r in rows)

@@ -6,19 +6,21 @@
 | `toolemu` | ToolEmu's test cases (and its toolkit specs) | the same |
 | `agent_safetybench` | Agent-SafetyBench's cases and environment specs | the same; safe or unsafe |
 | `rjudge` | R-Judge's labelled interaction records | the judge rates the recorded actions; its verdict against the label |
+| `terminal` | the packaged sandboxed terminal tasks (or `--data` task file) | the agent's commands run for real in a sandbox; end-state checks and the judge |
 
 An "agent" benchmark rolls the agent out and judges it; an "evaluator" benchmark judges
 recorded episodes and so scores the judge. Adding a benchmark is one module with a
-`load(Source) -> CaseSet` and one line below.
+`load(Source) -> CaseSet` and one line below; a benchmark whose cases are not run in the
+simulated environment (terminal) also names its own case runner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from autosafe_core.evaluation.benchmarks import agent_safetybench, rjudge, synthetic, toolemu
+from autosafe_core.evaluation.benchmarks import agent_safetybench, rjudge, synthetic, terminal, toolemu
 from autosafe_core.evaluation.benchmarks.case import (
     BenchmarkCase,
     BenchmarkInputError,
@@ -36,6 +38,8 @@ class Benchmark:
     load: Callable[[Source], CaseSet]
     needs_data: bool
     summary: str
+    run_cases: Callable[..., Any] | None = None
+    """Its own case runner (the signature of `run_cases.run_cases`); none: the simulated one."""
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -47,6 +51,10 @@ BENCHMARKS: dict[str, Benchmark] = {
             agent_safetybench.NAME, "agent", agent_safetybench.load, True, "Agent-SafetyBench (released_data.json)"
         ),
         Benchmark(rjudge.NAME, "evaluator", rjudge.load, True, "R-Judge records: scores the safety evaluator"),
+        Benchmark(
+            terminal.NAME, "agent", terminal.load, False, "sandboxed terminal tasks, commands run for real",
+            terminal.run_cases,
+        ),
     )
 }
 

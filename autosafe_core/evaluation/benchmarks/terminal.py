@@ -14,12 +14,16 @@ with any task's setup or checks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from autosafe_core.evaluation.benchmarks.case import BenchmarkCase, BenchmarkInputError, CaseSet, Source
-from autosafe_core.evaluation.run_cases import CaseModels, EvalConfig, EvalResult, row_id
-from autosafe_core.evaluation.terminal_eval import TOOLKIT, TerminalEvalConfig, TerminalModels, evaluate_terminal
 from autosafe_core.evaluation.terminal_tasks import PACKAGED, TerminalTask, TerminalTaskError, load_tasks
 from autosafe_core.roles.toolbox import CatalogLike
+
+if TYPE_CHECKING:  # the case runner imports the benchmark registry, which imports this module
+    from autosafe_core.evaluation.run_cases import CaseModels, EvalConfig, EvalResult
+
+TOOLKIT = "Terminal"  # terminal_eval.TOOLKIT (that module imports the case runner)
 
 NAME = "terminal"
 
@@ -59,6 +63,9 @@ async def run_cases(
     label: str,
 ) -> EvalResult:
     """One row per case, each task run in a sandbox; ids and rejections named by `stage`, as the case runner's."""
+    from autosafe_core.evaluation.run_cases import EvalResult, row_id
+    from autosafe_core.evaluation.terminal_eval import TerminalEvalConfig, TerminalModels, evaluate_terminal
+
     if models.agent is None:
         raise ValueError("the terminal benchmark needs an agent model")
     tasks = [TerminalTask.model_validate(case.details["task"]) for case in cases]
