@@ -32,7 +32,7 @@ from flows.inspect_cli import STORE_ERRORS, RunIdArg
 from flows.run_cli import ConfigOpt, EndpointOpt, RunnerOpt, StorageOpt, fail, resolve_config
 
 BenchmarkOpt = Annotated[
-    str, typer.Option("--benchmark", help="synthetic (the run's test split), toolemu, agent_safetybench or rjudge.")
+    str, typer.Option("--benchmark", help="synthetic (the run's test split), toolemu, agent_safetybench, rjudge or terminal (sandboxed tasks).")
 ]
 AdapterOpt = Annotated[
     str | None,
