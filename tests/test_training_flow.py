@@ -6,6 +6,9 @@ then shows its adapter; a run without train rows records why it was not trained.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,8 @@ from tests.support.s3 import moto_s3, s3_storage  # noqa: F401 - fixtures
 from tests.support.tiny_llama import tiny_llama_dir
 from tests.test_engines_cli import ray_cluster  # noqa: F401 - fixture
 from tests.test_training_data import dataset_row
+
+REPO = Path(__file__).resolve().parent.parent
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -177,10 +182,15 @@ def test_train_on_a_ray_cluster_runs_ray_train_workers_under_the_run_data_config
     manifest = read_manifest(run)
     write_manifest(run, manifest.model_copy(update={"config_hash": "d" * 64}))
 
-    result = invoke("train", "on-ray", "--storage", str(tmp_path), "--base-model", str(tiny), "--max-steps", "2",
-                    "--processes", "2", "--ray-address", ray_cluster)  # fmt: skip
+    # In its own process, as a user runs it: a Ray driver or Prefect context left in this one by
+    # earlier tests must not decide the outcome (in-process, the Ray Train controller once died here).
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "train", "on-ray", "--storage", str(tmp_path), "--base-model", str(tiny),
+         "--max-steps", "2", "--processes", "2", "--ray-address", ray_cluster],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
 
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     training = show(tmp_path, "on-ray")["extra"]["training"]
     assert training["status"] == "done" and training["devices"] == 2 and training["steps"] == 2
     assert (Path(training["adapter"]) / "adapter_model.safetensors").is_file()
