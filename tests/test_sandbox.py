@@ -78,6 +78,15 @@ def test_commands_run_in_the_workspace_with_a_clean_environment(backend: str, mo
         assert box.run("cat greeting.txt").output == "hello\n"
 
 
+def test_a_relative_working_directory_is_inside_the_home(backend: str) -> None:
+    with Sandbox(backend=backend) as box:
+        box.run("mkdir -p project/src")
+        assert box.run("pwd", cwd="project/src").output == f"{HOME}/project/src\n"
+        assert box.run("pwd", cwd="/tmp").output == "/tmp\n"
+        missing = box.run("pwd", cwd="nowhere")
+        assert missing.exit_code == 126 and "nowhere" in missing.output
+
+
 def test_arguments_and_stdin_reach_the_script_verbatim(backend: str) -> None:
     with Sandbox(backend=backend) as box:
         tricky = "a b; $(touch pwned) `id` 'q'"

@@ -434,21 +434,18 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _remove_tree(root: Path) -> None:
-    def fix(func, path, _exc):  # noqa: ANN001 - shutil's callback
-        # A command may have taken its own permissions away (chmod 000): give them back once.
-        parent = os.path.dirname(path)
-        os.chmod(parent, stat.S_IRWXU)
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, stat.S_IRWXU)
-        func(path)
+    # A command may have taken its own permissions away (chmod 000): give them back first.
+    # os.walk descends into a folder only after the loop body has run for its parent.
+    for folder, subfolders, _ in os.walk(root):
+        for name in subfolders:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IRWXU)
+    shutil.rmtree(root)
 
-    shutil.rmtree(root, onexc=fix) if _HAS_ONEXC else shutil.rmtree(root, onerror=fix)
 
-
-_HAS_ONEXC = "onexc" in shutil.rmtree.__code__.co_varnames
-
-_ENTRY = 'umask 022; cd -- "$1" || exit 126; script=$2; shift 2; exec /usr/bin/bash -c "$script" bash "$@"'
-"""Inside the sandbox: go to the working directory, then run the script with its arguments."""
+_ENTRY = 'umask 022; cd -- "$HOME" && cd -- "$1" || exit 126; s=$2; shift 2; exec /usr/bin/bash -c "$s" bash "$@"'
+"""Inside the sandbox: go to the working directory (relative to the home), then run the script with its args."""
 
 _UNSHARE_SETUP = r"""
 set -eu
