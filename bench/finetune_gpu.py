@@ -191,6 +191,10 @@ def _shared_flags(args: argparse.Namespace) -> list[str]:
             "--checkpointing", args.checkpointing]  # fmt: skip
 
 
+class VariantFailed(RuntimeError):
+    """One variant's process failed; the others still run."""
+
+
 def _run(name: str, command: list[str], env: dict[str, str], work: Path) -> None:
     print(f"== {name}: {shlex.join(command)}", flush=True)
     began = time.monotonic()
@@ -200,7 +204,7 @@ def _run(name: str, command: list[str], env: dict[str, str], work: Path) -> None
     print(f"   {name}: exit {done.returncode} after {time.monotonic() - began:.0f} s (log {log})", flush=True)
     if done.returncode != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-40:]), flush=True)
-        raise SystemExit(f"{name} failed")
+        raise VariantFailed(f"{name} failed: exit {done.returncode}, log {log}")
 
 
 def plain_worker(args: argparse.Namespace) -> None:
@@ -340,15 +344,19 @@ def main() -> None:
         raise SystemExit(f"{args.gpus} GPUs asked for, {info['count']} here")
 
     results: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        if variant in ("zero2", "zero3"):
-            rows = run_entry_point(variant, variant, args, work, model, data)
-            results[variant] = figures(rows, args.warmup, flops_per_token, args.gpus, peak)
-        elif variant == "peft":
-            rows = run_plain_peft(args, work, model, data)
-            results["peft_1gpu"] = figures(rows, args.warmup, flops_per_token, 1, peak)
-        else:
+        if variant not in ("zero2", "zero3", "peft"):
             raise SystemExit(f"unknown variant {variant!r}: zero2, zero3, peft")
+        try:
+            if variant == "peft":
+                rows = run_plain_peft(args, work, model, data)
+                results["peft_1gpu"] = figures(rows, args.warmup, flops_per_token, 1, peak)
+            else:
+                rows = run_entry_point(variant, variant, args, work, model, data)
+                results[variant] = figures(rows, args.warmup, flops_per_token, args.gpus, peak)
+        except VariantFailed as exc:  # one variant out of memory must not cost the others' figures
+            failed[variant] = str(exc)
 
     best = max((results[v] for v in ("zero2", "zero3") if v in results), key=lambda r: r["tokens_per_s_per_gpu"], default=None)
     plain = results.get("peft_1gpu")
@@ -375,6 +383,7 @@ def main() -> None:
         },
         "flops_per_token": flops_per_token,
         "variants": results,
+        "failed": failed,
         "mfu": best["mfu"] if best else None,
         "mfu_zero3": results.get("zero3", {}).get("mfu"),
         "tokens_per_s_per_gpu": best["tokens_per_s_per_gpu"] if best else None,
@@ -401,6 +410,8 @@ def main() -> None:
         spread = f"{r['tokens_per_s_spread'][0]:,.0f}-{r['tokens_per_s_spread'][1]:,.0f}"
         mem = "-" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}"
         print(f"{name:<11} {r['devices']:>4} {r['tokens_per_s_per_gpu']:>13,.0f} {spread:>17} {mfu:>6} {ceiling:>8} {mem:>8}")
+    for name, reason in failed.items():
+        print(f"{name:<11} FAILED: {reason}")
     print(f"speedup vs single-GPU peft (per GPU): {summary['speedup_vs_single_gpu_peft']}; wrote {out}")
 
 
