@@ -33,6 +33,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from importlib import metadata
@@ -120,6 +121,9 @@ def vllm_spec(gpus_per_engine: int = 1):
             "gpu_memory_utilization": 0.88,
             "seed": 0,
             "num_gpus": gpus_per_engine,
+            # The engine's own log every few seconds: running and waiting requests, KV cache
+            # use, prompt and generation throughput: where the time goes, if the figure is low.
+            "disable_log_stats": False,
         },
     )
 
@@ -137,7 +141,8 @@ def run_rollout(args) -> None:
             asyncio.run(rollout(rows[: min(32, len(rows))], RolloutModels(warm, warm, warm), catalog, cfg))
             bench = BenchMode(client, args.out_tokens)
             start = time.perf_counter()
-            result = asyncio.run(rollout(rows, RolloutModels(bench, bench, bench), catalog, cfg))
+            with _progress(bench, start):
+                result = asyncio.run(rollout(rows, RolloutModels(bench, bench, bench), catalog, cfg))
             wall = time.perf_counter() - start
         steps = sum(len(t.steps) for t in result.rows)
         generated = sum(n for _, n in bench.sent)
@@ -155,6 +160,27 @@ def run_rollout(args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     name = "rollout-" + "-".join(map(str, args.gpus)) + "gpu.json"
     (OUT / name).write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
+
+
+class _progress:
+    """Prints calls done and generated tokens/s so far every 15 s: a run cut short still says how fast it went."""
+
+    def __init__(self, bench: BenchMode, start: float):
+        self.bench, self.start = bench, start
+        self.done = threading.Event()
+
+    def __enter__(self):
+        threading.Thread(target=self._report, daemon=True).start()
+
+    def __exit__(self, *exc):
+        self.done.set()
+
+    def _report(self) -> None:
+        while not self.done.wait(15):
+            sent = list(self.bench.sent)
+            elapsed = time.perf_counter() - self.start
+            tokens = sum(n for _, n in sent)
+            print(f"  ... {elapsed:.0f} s: {len(sent)} calls done, {tokens / elapsed:.0f} generated tokens/s", flush=True)
 
 
 class _engine:
@@ -231,7 +257,7 @@ def run_ceiling(args) -> None:
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import SamplingParams
 
-    options = {k: v for k, v in vllm_spec().options.items() if k != "num_gpus"}
+    options = {k: v for k, v in vllm_spec().options.items() if k not in ("num_gpus", "disable_log_stats")}
     llm = LLM(model=str(MODEL_DIR), structured_outputs_config=StructuredOutputsConfig(
         backend="xgrammar", disable_any_whitespace=True), disable_log_stats=True, **options)
 

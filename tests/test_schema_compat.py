@@ -88,3 +88,34 @@ def test_the_responder_still_answers_cleaned_schemas() -> None:
 
     reply = json.loads(respond(ChatRequest(messages=(Message(role="user", content="x"),), json_schema=for_vllm(schema))))
     jsonschema.validate(reply, for_vllm(schema))
+
+
+def _string_bounds(node, found=None) -> dict[str, int]:
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        if node.get("type") == "string":
+            for key in ("maxLength", "minLength"):
+                found[key] = found.get(key, 0) + (key in node)
+        for value in node.values():
+            _string_bounds(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _string_bounds(item, found)
+    return found
+
+
+def test_string_length_caps_are_dropped_and_minimum_lengths_kept() -> None:
+    # A capped string makes xgrammar's mask slow on every token (see the module docstring).
+    schema = {"type": "object", "properties": {
+        "thought": {"type": "string", "minLength": 1, "maxLength": 240},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
+    }}  # fmt: skip
+    cleaned = for_vllm(schema)
+    assert cleaned["properties"]["thought"] == {"type": "string", "minLength": 1}
+    assert cleaned["properties"]["tags"] == {"type": "array", "items": {"type": "string"}, "maxItems": 3}
+    assert schema["properties"]["thought"]["maxLength"] == 240  # the role's own schema keeps it
+    agent_like = [s for s, _ in role_schemas().values() if _string_bounds(s).get("maxLength")]
+    assert agent_like, "some role schema caps a string"
+    for role_schema in agent_like:
+        bounds = _string_bounds(for_vllm(role_schema))
+        assert bounds.get("maxLength") == 0 and bounds.get("minLength") == _string_bounds(role_schema)["minLength"]
