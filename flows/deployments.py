@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from autosafe_core.store import RunManifest
 from flows.config import FactoryConfig, new_run_id
 from flows.data_flows import launch
-from flows.runtime import task_runner, unreachable_api
+from flows.runtime import task_runner, unreachable_api, unshared_storage
 
 RUN_ID_OR_EMPTY = r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -61,8 +61,8 @@ def _factory_run_name() -> str:
 
 
 def check_reachable(config: FactoryConfig) -> FactoryConfig:
-    """`config`, unless its Ray cluster could not report to the Prefect API (ValueError)."""
-    problem = unreachable_api(config.ray_address)
+    """`config`, unless its Ray cluster could not report to the Prefect API or reach its storage (ValueError)."""
+    problem = unreachable_api(config.ray_address) or unshared_storage(config.ray_address, config.storage)
     if problem:
         raise ValueError(problem)
     return config

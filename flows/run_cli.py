@@ -71,11 +71,14 @@ def resolve_config(
         config.check_against(catalog())
     except ValueError as exc:
         raise fail(f"{where}field {exc}") from None
-    from flows.runtime import unreachable_api
+    from flows.runtime import unreachable_api, unshared_storage
 
     problem = unreachable_api(config.ray_address)
     if problem:
         raise fail(f"{where}field 'ray_address': {problem}")
+    problem = unshared_storage(config.ray_address, config.storage)
+    if problem:
+        raise fail(f"{where}field 'storage': {problem}")
     return config
 
 

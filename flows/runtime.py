@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+from autosafe_core.store.location import StorageConfig
+
 Runner = Literal["ray", "threads"]
 
 
@@ -78,6 +80,21 @@ def unreachable_api(ray_address: str | None) -> str | None:
     return (
         f"a remote Ray cluster ({ray_address}) needs a Prefect API its nodes can reach, and {where}; "
         "set it to your Prefect server (see infra/ray/README.md)"
+    )
+
+
+def unshared_storage(ray_address: str | None, storage: StorageConfig) -> str | None:
+    """Why a remote cluster's workers could not share the run's storage, or None.
+
+    Shard tasks and training workers on other nodes write where the run says; a local
+    folder there is each node's own disk, so committed shards, checkpoints and the
+    adapter would be scattered over the nodes and lost to this machine.
+    """
+    if not ray_address or _host(ray_address) in _LOOPBACK or storage.is_s3:
+        return None
+    return (
+        f"a remote Ray cluster ({ray_address}) needs storage every node reaches, and storage is the local "
+        f"folder {storage.uri}; give an s3:// URI (any S3-compatible store, see infra/ray/README.md)"
     )
 
 

@@ -69,7 +69,7 @@ def train(
         field = ".".join(str(p) for p in first["loc"]) or "config"
         raise fail(f"{where}field {field!r}: {first['msg'].removeprefix('Value error, ')}") from None
     from flows.finetune import NothingToTrain, TrainingFailed, finetune_flow, plan
-    from flows.runtime import prefect_api, unreachable_api
+    from flows.runtime import prefect_api, unreachable_api, unshared_storage
 
     try:
         job = plan(factory)
@@ -79,7 +79,7 @@ def train(
         raise fail(f"{where}field 'general_data': {exc}") from None
     except STORE_ERRORS as exc:
         raise unreadable(run, exc) from None
-    problem = unreachable_api(ray_address)
+    problem = unreachable_api(ray_address) or unshared_storage(ray_address, run.storage)
     if problem:
         raise fail(f"--ray-address: {problem}")
     console = Console(stderr=True, soft_wrap=True)

@@ -131,11 +131,25 @@ def test_a_remote_cluster_needs_a_prefect_api_its_nodes_can_reach(monkeypatch, t
     else:
         monkeypatch.setenv("PREFECT_API_URL", api_url)
     overrides = {"ray_address": "ray://head.internal:10001"}
+    shared = "s3://autosafe/runs"  # only checked for its shape here: nothing is written
     if refused:
         with pytest.raises(typer.Exit) as exit_:
-            resolve_config(None, overrides, str(tmp_path / "data"), None)
+            resolve_config(None, overrides, shared, None)
         assert exit_.value.exit_code == 2
     else:
-        assert resolve_config(None, overrides, str(tmp_path / "data"), None).ray_address == overrides["ray_address"]
+        assert resolve_config(None, overrides, shared, None).ray_address == overrides["ray_address"]
     assert resolve_config(None, {"ray_address": "127.0.0.1:6379"}, str(tmp_path / "data"), None).ray_address
     assert not (tmp_path / "data").exists()
+
+
+def test_a_remote_cluster_needs_storage_every_node_reaches(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.internal:4200/api")
+    overrides = {"ray_address": "ray://head.internal:10001"}
+    with pytest.raises(typer.Exit) as exit_:
+        resolve_config(None, overrides, str(tmp_path / "data"), None)
+    assert exit_.value.exit_code == 2
+    message = capsys.readouterr().err.strip()
+    assert "field 'storage'" in message and "local folder" in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+    # The same folder with a cluster on this machine is fine: every worker sees this disk.
+    assert resolve_config(None, {"ray_address": "127.0.0.1:6379"}, str(tmp_path / "data"), None)

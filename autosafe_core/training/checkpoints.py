@@ -32,6 +32,8 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
+PLAN = "plan.json"
+"""The micro-batch and checkpointing a job resolved from auto at its first start."""
 
 
 def tag_of(step: int) -> str:

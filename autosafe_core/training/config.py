@@ -57,7 +57,11 @@ class TrainingConfig(BaseModel):
     max_seq_length: int = Field(
         2048, ge=16, description="Tokens per example at most; longer prompts lose their oldest tokens, never the target."
     )
-    micro_batch_size: int = Field(1, ge=1, description="Examples per device per forward pass.")
+    micro_batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="Examples per device per forward pass. auto: 1 on a CPU; on a GPU the largest of 8, 4, 2, 1 "
+        "that fits without gradient checkpointing (training/memory.py), kept for the job's resumes.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     epochs: float = Field(1.0, gt=0, description="Passes over the mixed dataset (when max_steps is None).")
     max_steps: int | Literal["auto"] | None = Field(
@@ -72,7 +76,9 @@ class TrainingConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping by global norm; 0 turns it off.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPUs, fp32 on a CPU.")
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="Recompute activations in the backward pass. auto: on GPUs yes, on a CPU no."
+        "auto",
+        description="Recompute activations in the backward pass (a third more compute). auto: off on a CPU; "
+        "on a GPU only when the job's estimated peak memory without it would not fit (training/memory.py).",
     )
     save_steps: int = Field(200, ge=1, description="Checkpoint every this many optimizer steps, and at the end.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage (the newest).")
@@ -104,6 +110,13 @@ class TrainingConfig(BaseModel):
     def _positive_steps(cls, v: int | str | None) -> int | str | None:
         if isinstance(v, int) and v < 1:
             raise ValueError("must be at least 1 (or auto, or null for the epochs)")
+        return v
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _positive_micro_batch(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1 (or auto)")
         return v
 
     @field_validator("deepspeed")

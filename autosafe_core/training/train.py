@@ -41,7 +41,7 @@ import torch
 
 from autosafe_core.ots import stable_id
 from autosafe_core.store.records import TrainingStepRow
-from autosafe_core.training.checkpoints import METRICS, RESULT, JobFolder, tag_of
+from autosafe_core.training.checkpoints import METRICS, PLAN, RESULT, JobFolder, tag_of
 from autosafe_core.training.config import CPU_STEPS, TrainJob
 from autosafe_core.training.encoding import IGNORE, Encoded, encode
 from autosafe_core.training.examples import FileSource, RunSource
@@ -76,15 +76,15 @@ def train(job: TrainJob) -> dict[str, Any]:
     t = job.training
     on_gpu = device.type == "cuda"
     bf16 = t.precision == "bf16" or (t.precision == "auto" and on_gpu)
-    checkpointing = t.gradient_checkpointing if t.gradient_checkpointing != "auto" else on_gpu
-    ds_config = _fill_deepspeed(job, world, bf16)
+    micro, checkpointing = _plan(job, device, world, folder)
+    ds_config = _fill_deepspeed(job, world, bf16, micro)
 
     safe = RunSource(job.data_run, job.split) if job.data_run is not None else FileSource(job.data_uri)
     general = FileSource(t.general_data) if t.general_data else None
     mix = plan_mix(safe.count(), general.count() if general else 0, t.general_ratio)
     if mix.safe == 0:
         raise ValueError(f"{safe.name}: no examples to train on")
-    per_step = world * t.micro_batch_size * t.gradient_accumulation_steps
+    per_step = world * micro * t.gradient_accumulation_steps
     steps = total_steps(t.max_steps, t.epochs, mix, per_step, not on_gpu, CPU_STEPS)
 
     from transformers import AutoTokenizer
@@ -99,7 +99,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     stream = rank_stream(
         global_stream(safe, general, mix, t.shuffle_buffer, t.seed), rank, world, skip=start_step * per_step
     )
-    batches = MicroBatches(stream, tokenizer, t.max_seq_length, t.micro_batch_size, mix.total)
+    batches = MicroBatches(stream, tokenizer, t.max_seq_length, micro, mix.total)
     ahead = Prefetch(batches, pad_id, pin=on_gpu, depth=2 * t.gradient_accumulation_steps)
     if rank == 0:
         _log(
@@ -194,14 +194,14 @@ def _log(message: str) -> None:
     print(f"autosafe-train: {message}", flush=True)
 
 
-def _fill_deepspeed(job: TrainJob, world: int, bf16: bool) -> dict[str, Any]:
+def _fill_deepspeed(job: TrainJob, world: int, bf16: bool, micro: int) -> dict[str, Any]:
     """The job's DeepSpeed config with its 'auto' (or missing) values taken from the training config."""
     t = job.training
     config = copy.deepcopy(job.deepspeed_config)
     wanted = {
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "train_batch_size": t.micro_batch_size * t.gradient_accumulation_steps * world,
+        "train_batch_size": micro * t.gradient_accumulation_steps * world,
         "gradient_clipping": t.max_grad_norm,
     }
     for key, value in wanted.items():
@@ -218,6 +218,41 @@ def _fill_deepspeed(job: TrainJob, world: int, bf16: bool) -> dict[str, Any]:
     config["zero_allow_untested_optimizer"] = True
     config.setdefault("steps_per_print", 10**9)
     return config
+
+
+def _plan(job: TrainJob, device: torch.device, world: int, folder: JobFolder) -> tuple[int, bool]:
+    """(micro-batch, checkpointing): the job's settings, with auto resolved for this hardware.
+
+    On a CPU auto is 1 and off; on a GPU it is what the memory estimate says fits
+    (training/memory.py). A resumed job keeps the plan its first start wrote (`PLAN`), so
+    the data it skips is the data it saw, whatever GPUs it resumes on.
+    """
+    t = job.training
+    micro = None if t.micro_batch_size == "auto" else t.micro_batch_size
+    ckpt = None if t.gradient_checkpointing == "auto" else t.gradient_checkpointing
+    if micro is not None and ckpt is not None:
+        return micro, ckpt
+    kept = folder.read_json(PLAN)
+    if kept is not None:
+        return kept["micro_batch_size"], kept["gradient_checkpointing"]
+    if device.type != "cuda":
+        micro, ckpt = micro or 1, bool(ckpt)
+    else:
+        from autosafe_core.training.memory import choose, model_shape, peak_bytes
+
+        shape = model_shape(job.base_model)
+        zero = job.deepspeed_config.get("zero_optimization", {})
+        sizes = dict(seq=t.max_seq_length, processes=world, zero_stage=job.zero_stage, full=t.method == "full",
+                     live_parameters=float(zero.get("stage3_max_live_parameters", 3e9)))  # fmt: skip
+        gpu = torch.cuda.get_device_properties(device).total_memory
+        micro, ckpt = choose(shape, gpu, micro, ckpt, **sizes)
+        if int(os.environ.get("RANK", "0")) == 0:
+            need = peak_bytes(shape, micro_batch=micro, checkpointing=ckpt, **sizes) / 2**30
+            _log(f"auto: micro-batch {micro}, checkpointing {'on' if ckpt else 'off'} "
+                 f"(about {need:.0f} of {gpu / 2**30:.0f} GiB per GPU)")  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:
+        folder.write_json({"micro_batch_size": micro, "gradient_checkpointing": ckpt}, PLAN)
+    return micro, ckpt
 
 
 # -- the model -----------------------------------------------------------------------------
