@@ -74,3 +74,24 @@ def test_a_micro_batch_below_one_is_refused_and_auto_is_the_default() -> None:
     assert TrainingConfig().micro_batch_size == "auto"
     with pytest.raises(ValidationError, match="micro_batch_size"):
         TrainingConfig(micro_batch_size=0)
+
+
+def test_a_resumed_job_keeps_the_plan_its_first_start_resolved(tmp_path: Path) -> None:
+    import torch
+
+    from autosafe_core.store.location import StorageConfig
+    from autosafe_core.training.checkpoints import PLAN, JobFolder
+    from autosafe_core.training.config import TrainingConfig, TrainJob, deepspeed_config
+    from autosafe_core.training.train import _plan
+
+    def job(**training) -> TrainJob:
+        return TrainJob(training=TrainingConfig(**training), base_model="unused", data_uri="unused.jsonl",
+                        output=StorageConfig(uri=str(tmp_path / "job")), deepspeed_config=deepspeed_config("zero2"))  # fmt: skip
+
+    folder = JobFolder(job().output, tmp_path / "scratch")
+    cpu = torch.device("cpu")
+    assert _plan(job(), cpu, 1, folder) == (1, False)  # auto on a CPU, written for later starts
+    assert folder.read_json(PLAN) == {"micro_batch_size": 1, "gradient_checkpointing": False}
+    folder.write_json({"micro_batch_size": 8, "gradient_checkpointing": False}, PLAN)  # as a GPU start wrote it
+    assert _plan(job(), cpu, 1, folder) == (8, False)
+    assert _plan(job(micro_batch_size=2, gradient_checkpointing=True), cpu, 1, folder) == (2, True)  # explicit wins
