@@ -71,7 +71,7 @@ def changes_of(manifest: RunManifest, earlier: list[str]) -> RunChanges:
     tokens = sum(manifest.usage_by_role.values(), Usage())
     return RunChanges(
         previous_runs=earlier,
-        new_rows={name: t.rows for name, t in manifest.tables.items() if name != "rejections"},
+        new_rows={name: t.rows for name, t in manifest.tables.items() if name not in ("rejections", "fingerprints")},
         rejected_rows=manifest.rows("rejections"),
         duplicates_of_earlier=manifest.counters.get(EARLIER_DUPLICATES, 0),
         tokens=tokens,

@@ -9,25 +9,33 @@ the splits that are missing.
 
 `dedup_against` names earlier runs in the same storage (the nightly's earlier nights):
 the samples their datasets hold count as seen, so a sample that repeats one of them is
-dropped, and counted in the `dataset.earlier_duplicates` counter.
+dropped, and counted in the `dataset.earlier_duplicates` counter. Each run commits the
+fingerprints of what it kept (content hash and embedding: the `fingerprints` table), so
+a later run reads those instead of every earlier sample embedded again; a run without
+them, or with ones made another way (other compared parts, another embedder), is
+fingerprinted from its samples as before.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autosafe_core.stages import safe_actions
-from autosafe_core.stages.dedup import DedupConfig, dedup
+from autosafe_core.stages.dedup import DedupConfig, Fingerprint, dedup
 from autosafe_core.stages.quality import QualityConfig, quality_filter
 from autosafe_core.stages.split import SPLITS, check_fractions, split
 from autosafe_core.ots import SafeSample
 from autosafe_core.store import Run, ShardRef, commit_shard, read_commit, read_records, read_table
+from autosafe_core.store.records import FingerprintRow
 from autosafe_core.store.run import check_name
 from tasks.common import catalog, shard_task
 
 TABLE = "dataset"
 STAGE = "dataset"
 DROPPED_SHARD = "all"
+FINGERPRINTS = "fingerprints"
+EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class DatasetConfig(BaseModel):
@@ -59,16 +67,45 @@ class DatasetConfig(BaseModel):
         return v
 
 
-def earlier_samples(run: Run, run_ids: tuple[str, ...]) -> list[SafeSample]:
-    """The safe samples that the datasets of the runs `run_ids` (same storage as `run`) hold."""
-    samples: list[SafeSample] = []
+def earlier_fingerprints(run: Run, run_ids: tuple[str, ...], cfg: DatasetConfig) -> list[SafeSample | Fingerprint]:
+    """What the datasets of the runs `run_ids` (same storage as `run`) hold, to dedup against:
+    their committed fingerprints where those were made as `cfg` would make them, else their samples."""
+    seen: list[SafeSample | Fingerprint] = []
     for run_id in run_ids:
         earlier = Run(run_id=run_id, storage=run.storage)
+        kept = _usable_fingerprints(earlier, cfg)
+        if kept is not None:
+            seen += kept
+            continue
         in_dataset = set(read_table(earlier, TABLE, columns=["safe_sample_id"])["safe_sample_id"].to_pylist())
-        samples += [
-            s for s in read_records(earlier, "safe_samples", stages=[safe_actions.STAGE]) if s.id in in_dataset
-        ]
-    return samples
+        seen += [s for s in read_records(earlier, "safe_samples", stages=[safe_actions.STAGE]) if s.id in in_dataset]
+    return seen
+
+
+def _usable_fingerprints(earlier: Run, cfg: DatasetConfig) -> list[Fingerprint] | None:
+    if read_commit(earlier, FINGERPRINTS, STAGE, DROPPED_SHARD) is None:
+        return None
+    rows = read_records(earlier, FINGERPRINTS, stages=[STAGE])
+    wanted = (list(cfg.dedup.compare), _embedder_id(cfg))
+    if any((row.compare, row.embedder) != wanted for row in rows):
+        return None
+    return [
+        Fingerprint(row.id, row.content_hash, None if row.embedding is None else np.asarray(row.embedding, np.float32))
+        for row in rows
+    ]
+
+
+def _fingerprint_rows(result_prints: list[Fingerprint], cfg: DatasetConfig) -> list[FingerprintRow]:
+    compare, embedder = list(cfg.dedup.compare), _embedder_id(cfg)
+    return [
+        FingerprintRow(id=fp.id, content_hash=fp.content_hash, compare=compare, embedder=embedder,
+                       embedding=None if fp.embedding is None else fp.embedding.astype(float).tolist())  # fmt: skip
+        for fp in result_prints
+    ]
+
+
+def _embedder_id(cfg: DatasetConfig) -> str:
+    return EMBEDDER_ID if cfg.embeddings else ""
 
 
 def _embedder(cfg: DatasetConfig):
@@ -87,12 +124,13 @@ def dataset_shards(run: Run, cfg: DatasetConfig, shard_id: str = "all") -> list[
         return done
     samples = read_records(run, "safe_samples", stages=[safe_actions.STAGE])
     kept, dropped = quality_filter(samples, cfg.quality)
-    seen = earlier_samples(run, cfg.dedup_against)
+    seen = earlier_fingerprints(run, cfg.dedup_against, cfg)
     result = dedup(kept, _embedder(cfg), cfg.dedup, seen=seen)
     seen_ids = {s.id for s in seen}
     earlier_duplicates = sum(d.duplicate_of in seen_ids for d in result.dropped)
     dropped += result.dropped
     commit_shard(run, "rejections", STAGE, DROPPED_SHARD, [d.rejection() for d in dropped])
+    commit_shard(run, FINGERPRINTS, STAGE, DROPPED_SHARD, _fingerprint_rows(result.fingerprints, cfg))
     from autosafe_core.training.sft_export import export_rows
 
     parts = split(result.kept, cfg.split, cfg.split_seed)

@@ -27,6 +27,7 @@ from autosafe_core.store import (
     RunChanges,
     StorageConfig,
     commit_shard,
+    committed,
     read_manifest,
     read_records,
     run_ids,
@@ -36,6 +37,7 @@ from flows import deploy_cli
 from flows.cli import app
 from flows.deployments import RunForm
 from flows.nightly import EARLIER_DUPLICATES, changes_of, earlier_nights, night_config, night_of, night_run_id
+from autosafe_core.stages.dedup import DedupConfig
 from tasks.dataset import DatasetConfig, dataset_shards
 from tests.support.samples import safe_sample
 
@@ -297,6 +299,50 @@ def test_the_dataset_drops_samples_that_an_earlier_runs_dataset_holds(tmp_path):
     assert manifest.counters[EARLIER_DUPLICATES] == 1
     changes = changes_of(manifest, ["nightly-20260101"])
     assert (changes.new_rows["dataset"], changes.rejected_rows, changes.duplicates_of_earlier) == (1, 1, 1)
+
+
+class CountingEmbedder:
+    """MiniLM, counting the texts it embeds."""
+
+    def __init__(self):
+        from autosafe_core.stages.embedding import MiniLMEmbedder
+
+        self.inner, self.texts = MiniLMEmbedder(), 0
+
+    def embed(self, texts):
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+
+def test_a_later_night_reads_the_earlier_fingerprints_instead_of_embedding_earlier_samples(tmp_path, monkeypatch):
+    import tasks.dataset as dataset_task
+
+    embedder = CountingEmbedder()
+    monkeypatch.setattr(dataset_task, "_embedder", lambda cfg: embedder if cfg.embeddings else None)
+    storage = StorageConfig(uri=str(tmp_path))
+    nights = [Run(run_id=f"nightly-2026010{i}", storage=storage) for i in (1, 2, 3)]
+    cfg = DatasetConfig(split=(1.0, 0.0, 0.0), dedup=DedupConfig(compare=("instruction",)))
+    commit_samples(nights[0], [safe_sample("a", "Delete all files in the /tmp folder"), safe_sample("b", "Email the report")])
+    dataset_shards.fn(nights[0], cfg)
+    (fingerprints,) = committed(nights[0], "fingerprints")
+    assert fingerprints.rows == 2 and embedder.texts == 2
+    # Night 2 repeats a in other words and brings one new sample; night 3 has both earlier nights behind it.
+    commit_samples(nights[1], [safe_sample("a2", "Delete all the files in the /tmp folder"), safe_sample("c", "Book a flight")])
+    dataset_shards.fn(nights[1], cfg.model_copy(update={"dedup_against": ("nightly-20260101",)}))
+    assert embedder.texts == 4  # tonight's two only
+    assert [r.safe_sample_id for r in read_records(nights[1], "dataset")] == ["c"]
+    (rejection,) = [r for r in read_records(nights[1], "rejections") if r.stage == "dataset"]
+    assert rejection.item_id == "a2" and rejection.reason.startswith("near duplicate of a (cos ")
+    commit_samples(nights[2], [safe_sample("d", "Book  a FLIGHT"), safe_sample("e", "Water the plants")])
+    dataset_shards.fn(nights[2], cfg.model_copy(update={"dedup_against": ("nightly-20260101", "nightly-20260102")}))
+    assert embedder.texts == 5  # e only: d is an exact duplicate of night 2's c, found by its stored hash
+    assert [r.safe_sample_id for r in read_records(nights[2], "dataset")] == ["e"]
+    # Fingerprints made another way (other compared parts) are not used: the samples are embedded again.
+    other = cfg.model_copy(update={"dedup": DedupConfig(compare=("instruction", "safe_action")), "dedup_against": ("nightly-20260101",)})
+    night4 = Run(run_id="nightly-20260104", storage=storage)
+    commit_samples(night4, [safe_sample("f", "Water the plants")])
+    dataset_shards.fn(night4, other)
+    assert embedder.texts == 5 + 1 + 2
 
 
 def test_without_earlier_runs_the_same_samples_are_kept(tmp_path):

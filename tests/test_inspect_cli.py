@@ -144,7 +144,7 @@ def test_show_json_counts_the_rows_of_every_table(run):
     report = show_json(run.storage)
     assert report["tables"] == {
         "scenarios": 3, "trajectories": 5, "safe_samples": 2, "dataset": 3, "training": 0, "eval": 0,
-        "rejections": 4,
+        "rejections": 4, "fingerprints": 0,
     }  # fmt: skip
 
 

@@ -52,7 +52,7 @@ from autosafe_core.store import (
 from autosafe_core.store import shards as shards_module
 from autosafe_core.store.location import put_whole
 from autosafe_core.store.manifest import manifest_path
-from autosafe_core.store.records import TrainingStepRow, trajectories_from_rows, trajectory_rows
+from autosafe_core.store.records import FingerprintRow, TrainingStepRow, trajectories_from_rows, trajectory_rows
 from autosafe_core.store.shards import run_dir
 from tests.support.s3 import moto_s3, s3_storage  # noqa: F401 - fixtures
 from tests.support.samples import safe_sample
@@ -149,6 +149,11 @@ SAMPLES = {
     "rejections": (
         "dataset",
         lambda: [Rejection(stage="dataset", role="dedup", item_id="x", reason="near duplicate of y", raw_output="")],
+    ),
+    "fingerprints": (
+        "dataset",
+        lambda: [FingerprintRow(id="a", content_hash="h1", embedding=[0.6, 0.8], compare=["action"], embedder="m"),
+                 FingerprintRow(id="b", content_hash="h2", compare=["action"])],  # fmt: skip
     ),
 }
 

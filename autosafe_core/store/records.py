@@ -163,3 +163,18 @@ class TrainingStepRow(Record):
     tokens_per_s_per_device: float = Field(ge=0)
     devices: int = Field(ge=1, description="Training processes (GPUs, or CPU processes).")
     peak_memory_gb: float | None = Field(None, description="Peak accelerator memory of the first process so far.")
+
+
+class FingerprintRow(Record):
+    """What a run's dataset remembers of one kept sample for later runs' dedup (the `fingerprints` table).
+
+    A later run (the nightly's next night) compares its samples against these instead of
+    reading and embedding every earlier sample again. They hold only when they were made
+    the way the later run would make them: `compare` and `embedder` say how.
+    """
+
+    id: str = Field(description="The safe sample's id.")
+    content_hash: str = Field(description="Hash of the normalised training text (exact dedup).")
+    embedding: list[float] | None = Field(None, description="Unit vector of the training text; None without embeddings.")
+    compare: list[str] = Field(description="The parts of the sample that made the text (DedupConfig.compare).")
+    embedder: str = Field("", description="The embedding model ('' without embeddings).")

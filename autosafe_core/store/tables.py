@@ -23,6 +23,7 @@ from autosafe_core.rows import arrow_schema, from_table, to_row
 from autosafe_core.store.records import (
     DatasetRow,
     EvalRow,
+    FingerprintRow,
     TrainingStepRow,
     TrajectoryStepRow,
     trajectories_from_rows,
@@ -78,6 +79,7 @@ TABLES: dict[str, Table] = {
         Table("training", TrainingStepRow, TrainingStepRow),
         Table("eval", EvalRow, EvalRow),
         Table("rejections", Rejection, Rejection),
+        Table("fingerprints", FingerprintRow, FingerprintRow),
     )
 }
 
