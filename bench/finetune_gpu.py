@@ -4,6 +4,7 @@ transformers + peft loop doing the same work.
 
     python bench/finetune_gpu.py                  # the GPU machine (nvidia-h200-x2): all three, ~6 minutes
     python bench/finetune_gpu.py --variants zero2 --micro-batch 8 --checkpointing on   # one variant, other settings
+    python bench/finetune_gpu.py --micro-batch auto --checkpointing auto   # the entry point's own defaults
     python bench/finetune_gpu.py --tiny           # here: a tiny llama on 2 CPU processes (gloo), to keep it working
 
 Nothing is downloaded: the model is llama-2-7B's shape with random weights built from its config
@@ -159,7 +160,8 @@ def run_entry_point(name: str, stage: str, args: argparse.Namespace, work: Path,
         lora_rank=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear", deepspeed=stage,
         max_seq_length=args.seq, micro_batch_size=args.micro_batch, gradient_accumulation_steps=args.accumulation,
         max_steps=args.warmup + args.steps, learning_rate=1e-4, warmup_ratio=0.0, save_steps=10**6,
-        gradient_checkpointing=args.checkpointing == "on", shuffle_buffer=64, processes=args.gpus,
+        gradient_checkpointing={"on": True, "off": False}.get(args.checkpointing, "auto"), shuffle_buffer=64,
+        processes=args.gpus,
     )  # fmt: skip
     ds_config = deepspeed_config(stage)
     ds_config["zero_optimization"].update(args.zero_override)
@@ -170,6 +172,10 @@ def run_entry_point(name: str, stage: str, args: argparse.Namespace, work: Path,
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}",
                "-m", "autosafe_core.training.train", "--job", str(job_file)]  # fmt: skip
     _run(name, command, child_env(args.tiny), work)
+    plan = output / "plan.json"  # what auto resolved to, when anything was auto
+    if plan.exists():
+        print(f"   {name}: auto resolved to {plan.read_text().strip()}", flush=True)
+        resolved[name] = json.loads(plan.read_text())
     return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -186,9 +192,25 @@ def run_plain_peft(args: argparse.Namespace, work: Path, model: Path, data: Path
 
 
 def _shared_flags(args: argparse.Namespace) -> list[str]:
-    return ["--seq", str(args.seq), "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
+    # The plain loop has no memory planner: auto is its largest measured fit (4 on an H200), no checkpointing.
+    micro = 4 if args.micro_batch == "auto" else args.micro_batch
+    checkpointing = "off" if args.checkpointing == "auto" else args.checkpointing
+    return ["--seq", str(args.seq), "--micro-batch", str(micro), "--accumulation", str(args.accumulation),
             "--rank", str(args.rank), "--warmup", str(args.warmup), "--steps", str(args.steps),
-            "--checkpointing", args.checkpointing]  # fmt: skip
+            "--checkpointing", checkpointing]  # fmt: skip
+
+
+resolved: dict[str, dict] = {}
+"""Per entry-point variant: the micro-batch and checkpointing its `auto` settings resolved to."""
+
+
+def _micro_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1, or auto")
+    return value
 
 
 class VariantFailed(RuntimeError):
@@ -305,10 +327,10 @@ def main() -> None:
     parser.add_argument("--variants", default="zero2,zero3,peft", help="Any of zero2, zero3, peft (comma-separated).")
     parser.add_argument("--gpus", type=int, default=2, help="Processes of the entry-point variants.")
     parser.add_argument("--seq", type=int, default=None, help="Tokens per example (default 2048; 128 with --tiny).")
-    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--micro-batch", type=_micro_batch, default=4, help="Examples per GPU per pass, or auto.")
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank), every linear layer.")
-    parser.add_argument("--checkpointing", choices=("on", "off"), default="off", help="Gradient checkpointing.")
+    parser.add_argument("--checkpointing", choices=("on", "off", "auto"), default="off", help="Gradient checkpointing.")
     parser.add_argument("--warmup", type=int, default=3, help="Steps not timed.")
     parser.add_argument("--steps", type=int, default=10, help="Timed steps.")
     parser.add_argument("--zero-override", action="append", default=[], metavar="KEY=JSON",
@@ -333,7 +355,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     shape = TINY if args.tiny else LLAMA_7B
     model = model_dir(work / "model", shape)
-    per_step = args.gpus * args.micro_batch * args.accumulation
+    per_step = args.gpus * (8 if args.micro_batch == "auto" else args.micro_batch) * args.accumulation  # auto: at most 8
     data = synthetic_examples(work / "examples.parquet", per_step * (args.warmup + args.steps) + 64, args.seq, shape["vocab_size"])
     n, config = parameter_count(model)
     layers, hidden = config["num_hidden_layers"], config["hidden_size"]
@@ -383,6 +405,7 @@ def main() -> None:
         },
         "flops_per_token": flops_per_token,
         "variants": results,
+        "auto_resolved": resolved,
         "failed": failed,
         "mfu": best["mfu"] if best else None,
         "mfu_zero3": results.get("zero3", {}).get("mfu"),
