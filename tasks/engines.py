@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -109,6 +109,20 @@ def _actor_class():
         async def complete(self, packed: PackedRequests) -> PackedCompletions:
             return pack_completions(await self.model.complete(unpack_requests(packed)))
 
+        async def complete_stream(self, packed: PackedRequests) -> AsyncIterator[tuple[list[int], PackedCompletions]]:
+            """The batch's completions as they finish (a Ray streaming generator): chunks of
+            (positions in the batch, their packed completions), one chunk per finishing moment."""
+            requests = unpack_requests(packed)
+            pending = {asyncio.ensure_future(self.model.complete([r])): i for i, r in enumerate(requests)}
+            try:
+                while pending:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    finished = sorted(done, key=pending.__getitem__)
+                    yield [pending.pop(t) for t in finished], pack_completions([t.result()[0] for t in finished])
+            finally:
+                for task in pending:
+                    task.cancel()
+
         async def stats(self) -> dict[str, int]:
             return model_stats(self.model)
 
@@ -181,22 +195,36 @@ class EngineClient(ChatModel):
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[list[ChatRequest], asyncio.Future]]) -> None:
+        """One remote call for the batch, streamed back: each caller resumes as soon as its own
+        requests are done, not when the batch's slowest is. A barrier per batch would make the
+        rollouts that finished early wait, and the engine run emptier while they do."""
         flat = [request for requests, _ in batch for request in requests]
+        owner = [(c, k) for c, (requests, _) in enumerate(batch) for k in range(len(requests))]
+        results: list[list[Completion | None]] = [[None] * len(requests) for requests, _ in batch]
+        remaining = [len(requests) for requests, _ in batch]
+        for c, (_, future) in enumerate(batch):
+            if remaining[c] == 0 and not future.done():
+                future.set_result([])
         try:
-            packed = await self._actors[next(self._next)].complete.remote(pack_requests(flat))
-            completions = unpack_completions(packed)
-        except BaseException as exc:  # the engine died: every caller of the batch hears why
+            if flat:
+                stream = self._actors[next(self._next)].complete_stream.remote(pack_requests(flat))
+                async for ref in stream:
+                    positions, packed = await ref
+                    for position, completion in zip(positions, unpack_completions(packed), strict=True):
+                        c, k = owner[position]
+                        results[c][k] = completion
+                        remaining[c] -= 1
+                        future = batch[c][1]
+                        if remaining[c] == 0 and not future.done():
+                            future.set_result(results[c])
+            if any(remaining):
+                raise RuntimeError(f"engine stream ended with {sum(remaining)} of {len(flat)} completions missing")
+        except BaseException as exc:  # the engine died: every caller still waiting hears why
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
-            return
-        start = 0
-        for requests, future in batch:
-            if not future.done():
-                future.set_result(completions[start : start + len(requests)])
-            start += len(requests)
 
     async def stats(self) -> dict[str, int]:
         """The engine's counters, summed over its replicas."""

@@ -19,12 +19,20 @@ class ScriptedModel(ChatModel):
     """Answers with `responder(request)`; counts calls and peak concurrency."""
 
     def __init__(
-        self, responder: Responder, model_id: str = "scripted", delay_s: float = 0.0, keep_calls: bool = True
+        self,
+        responder: Responder,
+        model_id: str = "scripted",
+        delay_s: float = 0.0,
+        keep_calls: bool = True,
+        delays: dict[str, float] | None = None,
     ):
-        """keep_calls: keep every request in `calls` (tests inspect them; benchmarks turn it off)."""
+        """keep_calls: keep every request in `calls` (tests inspect them; benchmarks turn it off).
+        delays: a call waits `delays[key]` seconds (the longest that applies, else `delay_s`) when
+        its last message contains `key`: a slow request beside fast ones, as a real engine has."""
         self.model_id = model_id
         self._responder = responder
         self._delay_s = delay_s
+        self._delays = dict(delays or {})
         self._keep_calls = keep_calls
         self.calls: list[ChatRequest] = []
         self.call_count = 0
@@ -39,10 +47,16 @@ class ScriptedModel(ChatModel):
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             # Yield even when instant, so concurrent callers interleave as with a real engine.
-            await asyncio.sleep(self._delay_s)
+            await asyncio.sleep(max((self._delay_of(r) for r in requests), default=self._delay_s))
             return [self._answer(r) for r in requests]
         finally:
             self.in_flight -= len(requests)
+
+    def _delay_of(self, request: ChatRequest) -> float:
+        if not self._delays or not request.messages:
+            return self._delay_s
+        last = request.messages[-1].content
+        return max((s for key, s in self._delays.items() if key in last), default=self._delay_s)
 
     def _answer(self, request: ChatRequest) -> Completion:
         out = self._responder(request)

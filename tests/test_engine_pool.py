@@ -1,0 +1,88 @@
+"""The engine pool on a real local Ray: an engine actor streams each batch's completions
+back as they finish, so one slow request does not hold up the callers it was batched with."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import ray
+
+from autosafe_core.llm.base import ChatRequest, Message
+from autosafe_core.llm.registry import ModelSpec
+from tasks.engines import EngineClient, engines
+
+RESPONDER = "tests.support.schema_responder:respond"
+SLOW_S = 30.0
+"""Long enough that a fast caller done before it proves no barrier; the test never waits it out."""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of this test process. Token authentication off, as test_engines_cli's cluster
+    has it: Ray keeps the mode it first read in the process, and the two must agree."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+def request(text: str) -> ChatRequest:
+    return ChatRequest(messages=[Message(role="user", content=text)])
+
+
+def spec(**options) -> ModelSpec:
+    return ModelSpec(backend="scripted", model=RESPONDER, options={"keep_calls": False, **options})
+
+
+def test_a_fast_caller_resumes_before_the_slow_request_of_its_batch_is_done(local_ray) -> None:
+    with engines({"agent": spec(delays={"slow": SLOW_S})}, "ray") as refs:
+        client = EngineClient(refs["agent"])
+
+        async def scenario() -> tuple[list, bool]:
+            # Started in one turn of the loop: the client sends them to the actor as one batch.
+            slow = asyncio.ensure_future(client.complete([request("a slow one")]))
+            fast = asyncio.ensure_future(client.complete([request("quick"), request("also quick")]))
+            done = await fast
+            still_waiting = not slow.done()
+            slow.cancel()
+            return done, still_waiting
+
+        fast_completions, slow_pending = asyncio.run(scenario())
+    assert len(fast_completions) == 2 and all(c.error is None and c.text for c in fast_completions)
+    assert slow_pending
+
+
+def test_every_caller_gets_its_own_completions_in_order(local_ray) -> None:
+    with engines({"agent": spec(delays={"first": 0.2})}, "ray") as refs:
+        client = EngineClient(refs["agent"])
+        calls = [[request(f"first {i}"), request(f"second {i}")] for i in range(20)] + [[]]
+
+        async def scenario() -> list[list]:
+            return await asyncio.gather(*(client.complete(c) for c in calls))
+
+        answers = asyncio.run(scenario())
+    assert [len(a) for a in answers] == [len(c) for c in calls]
+    for requests, completions in zip(calls, answers, strict=True):
+        # The schema responder's answer is a function of the request: compare with a direct call.
+        from tests.support.schema_responder import respond
+
+        assert [c.text for c in completions] == [respond(r) for r in requests]
+
+
+def test_an_engine_that_fails_fails_every_waiting_caller_with_its_error(local_ray) -> None:
+    failing = ModelSpec(backend="scripted", model="tests.support.failing_responder:respond",
+                        options={"keep_calls": False})  # fmt: skip
+    with engines({"agent": failing}, "ray") as refs:
+        client = EngineClient(refs["agent"])
+
+        async def scenario() -> list:
+            return await asyncio.gather(
+                client.complete([request("one")]), client.complete([request("two")]), return_exceptions=True
+            )
+
+        outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, Exception) and "engine broke" in str(o) for o in outcomes)
