@@ -112,19 +112,22 @@ def _actor_class():
         async def complete_stream(self, packed: PackedRequests) -> AsyncIterator[tuple[list[int], PackedCompletions]]:
             """The batch's completions as they finish (a Ray streaming generator): chunks of
             (positions in the batch, their packed completions), one chunk per finishing moment."""
-            requests = unpack_requests(packed)
-            pending = {asyncio.ensure_future(self.model.complete([r])): i for i, r in enumerate(requests)}
+            futures = self.model.complete_each(unpack_requests(packed))
+            pending = {future: i for i, future in enumerate(futures)}
             try:
                 while pending:
-                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    finished = sorted(done, key=pending.__getitem__)
-                    yield [pending.pop(t) for t in finished], pack_completions([t.result()[0] for t in finished])
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    finished = sorted((f for f in pending if f.done()), key=pending.__getitem__)
+                    yield [pending.pop(f) for f in finished], pack_completions([f.result() for f in finished])
             finally:
                 for task in pending:
                     task.cancel()
 
         async def stats(self) -> dict[str, int]:
             return model_stats(self.model)
+
+        async def streams(self) -> bool:
+            return self.model.streams
 
         async def spec(self) -> str:
             return self.spec_json
@@ -169,6 +172,7 @@ class EngineClient(ChatModel):
         self.model_id = ref.model_id
         self._pending: list[tuple[list[ChatRequest], asyncio.Future]] = []
         self._sending: set[asyncio.Task] = set()
+        self._streams: bool | None = None  # whether the engine streams a batch back (asked on the first batch)
         if ref.placement == "ray":
             import ray
 
@@ -206,17 +210,23 @@ class EngineClient(ChatModel):
             if remaining[c] == 0 and not future.done():
                 future.set_result([])
         try:
-            if flat:
-                stream = self._actors[next(self._next)].complete_stream.remote(pack_requests(flat))
-                async for ref in stream:
-                    positions, packed = await ref
-                    for position, completion in zip(positions, unpack_completions(packed), strict=True):
-                        c, k = owner[position]
-                        results[c][k] = completion
-                        remaining[c] -= 1
-                        future = batch[c][1]
-                        if remaining[c] == 0 and not future.done():
-                            future.set_result(results[c])
+            actor = self._actors[next(self._next)]
+            if self._streams is None:
+                self._streams = await actor.streams.remote()
+            if flat and self._streams:
+                chunks = (await ref async for ref in actor.complete_stream.remote(pack_requests(flat)))
+            elif flat:  # all finish together: one reply costs less than a stream
+                chunks = _one_chunk(actor.complete.remote(pack_requests(flat)), len(flat))
+            else:
+                chunks = _one_chunk(None, 0)
+            async for positions, packed in chunks:
+                for position, completion in zip(positions, unpack_completions(packed), strict=True):
+                    c, k = owner[position]
+                    results[c][k] = completion
+                    remaining[c] -= 1
+                    future = batch[c][1]
+                    if remaining[c] == 0 and not future.done():
+                        future.set_result(results[c])
             if any(remaining):
                 raise RuntimeError(f"engine stream ended with {sum(remaining)} of {len(flat)} completions missing")
         except BaseException as exc:  # the engine died: every caller still waiting hears why
@@ -235,6 +245,11 @@ class EngineClient(ChatModel):
             for key, value in (await actor.stats.remote()).items():
                 out[key] = max(out.get(key, 0), value) if key == "peak_in_flight" else out.get(key, 0) + value
         return out
+
+
+async def _one_chunk(reply, count: int) -> AsyncIterator[tuple[list[int], PackedCompletions]]:
+    if count:
+        yield list(range(count)), await reply
 
 
 def _resources(spec: ModelSpec) -> dict:

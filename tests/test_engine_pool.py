@@ -86,3 +86,20 @@ def test_an_engine_that_fails_fails_every_waiting_caller_with_its_error(local_ra
 
         outcomes = asyncio.run(scenario())
     assert all(isinstance(o, Exception) and "engine broke" in str(o) for o in outcomes)
+
+
+def test_complete_each_resolves_every_request_with_its_own_completion_or_the_engines_error() -> None:
+    from autosafe_core.llm.scripted import ScriptedModel
+    from tests.support.failing_responder import respond as fail
+    from tests.support.schema_responder import respond
+
+    async def each(model, requests):
+        return await asyncio.gather(*model.complete_each(requests), return_exceptions=True)
+
+    requests = [request("one"), request("two")]
+    together, apart = ScriptedModel(respond), ScriptedModel(respond, delays={"two": 0.01})
+    assert not together.streams and apart.streams
+    for model in (together, apart):
+        assert [c.text for c in asyncio.run(each(model, requests))] == [respond(r) for r in requests]
+    broken = asyncio.run(each(ScriptedModel(fail), requests))
+    assert all(isinstance(b, RuntimeError) and "engine broke" in str(b) for b in broken)

@@ -8,6 +8,8 @@ goes into that request's `Completion.error`, so one broken call cannot sink a sh
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -80,10 +82,35 @@ class ChatModel(ABC):
     """An LLM engine behind one async batch call."""
 
     model_id: str
+    streams: bool = False
+    """Whether requests of one batch finish at different times (`complete_each`): then the engine
+    pool streams each back as it finishes; otherwise one reply per batch costs less."""
 
     @abstractmethod
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         """One completion per request, in order; failures in `Completion.error`."""
+
+    def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
+        """One future per request, each done when its own completion is (the engine pool streams
+        them back as they finish). By default they all finish with one `complete` call; an
+        engine that finishes requests at different times (vLLM) resolves each on its own."""
+        whole = asyncio.ensure_future(self.complete(requests))
+        loop = asyncio.get_running_loop()
+        each: list[asyncio.Future[Completion]] = [loop.create_future() for _ in requests]
+
+        def settle(done: asyncio.Future[list[Completion]]) -> None:
+            if done.cancelled():
+                for f in each:
+                    f.cancel()
+            elif done.exception() is not None:
+                for f in each:
+                    f.set_exception(done.exception())
+            else:
+                for f, completion in zip(each, done.result(), strict=True):
+                    f.set_result(completion)
+
+        whole.add_done_callback(settle)
+        return each
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release engines, threads and connections."""

@@ -33,6 +33,7 @@ class ScriptedModel(ChatModel):
         self._responder = responder
         self._delay_s = delay_s
         self._delays = dict(delays or {})
+        self.streams = bool(self._delays)
         self._keep_calls = keep_calls
         self.calls: list[ChatRequest] = []
         self.call_count = 0
@@ -51,6 +52,16 @@ class ScriptedModel(ChatModel):
             return [self._answer(r) for r in requests]
         finally:
             self.in_flight -= len(requests)
+
+    def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
+        if not self._delays:
+            return super().complete_each(requests)
+        # Requests of different delays finish at different times, as on a real engine.
+        return [asyncio.ensure_future(self._one(r)) for r in requests]
+
+    async def _one(self, request: ChatRequest) -> Completion:
+        (completion,) = await self.complete([request])
+        return completion
 
     def _delay_of(self, request: ChatRequest) -> float:
         if not self._delays or not request.messages:

@@ -33,6 +33,8 @@ _lora_ids = itertools.count(1)
 class VLLMChatModel(ChatModel):
     """One `vllm.v1.engine.async_llm.AsyncLLM`, one generate stream per request."""
 
+    streams = True
+
     def __init__(self, engine: Any, *, model_id: str, lora_request: Any = None):
         self.engine = engine
         self.model_id = model_id
@@ -76,6 +78,9 @@ class VLLMChatModel(ChatModel):
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         return list(await asyncio.gather(*(self._complete_one(r) for r in requests)))
+
+    def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
+        return [asyncio.ensure_future(self._complete_one(r)) for r in requests]
 
     async def _complete_one(self, request: ChatRequest) -> Completion:
         from vllm.inputs import TokensPrompt
