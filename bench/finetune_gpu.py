@@ -149,8 +149,11 @@ def child_env(cpu: bool) -> dict[str, str]:
     return env
 
 
-def run_entry_point(name: str, stage: str, args: argparse.Namespace, work: Path, model: Path, data: Path) -> list[dict]:
-    """One variant through torchrun and the project's entry point; its per-step rows."""
+def run_entry_point(
+    name: str, stage: str, args: argparse.Namespace, work: Path, model: Path, data: Path
+) -> tuple[list[dict], dict | None]:
+    """One variant through torchrun and the project's entry point: its per-step rows, and the
+    micro-batch and checkpointing its `auto` settings resolved to (None when nothing was auto)."""
     from autosafe_core.store.location import StorageConfig
     from autosafe_core.training.config import TrainingConfig, TrainJob, deepspeed_config
 
@@ -172,11 +175,11 @@ def run_entry_point(name: str, stage: str, args: argparse.Namespace, work: Path,
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}",
                "-m", "autosafe_core.training.train", "--job", str(job_file)]  # fmt: skip
     _run(name, command, child_env(args.tiny), work)
-    plan = output / "plan.json"  # what auto resolved to, when anything was auto
-    if plan.exists():
-        print(f"   {name}: auto resolved to {plan.read_text().strip()}", flush=True)
-        resolved[name] = json.loads(plan.read_text())
-    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    plan_file = output / "plan.json"  # written when anything was auto
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else None
+    if plan is not None:
+        print(f"   {name}: auto resolved to {plan}", flush=True)
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()], plan
 
 
 def run_plain_peft(args: argparse.Namespace, work: Path, model: Path, data: Path) -> list[dict]:
@@ -198,10 +201,6 @@ def _shared_flags(args: argparse.Namespace) -> list[str]:
     return ["--seq", str(args.seq), "--micro-batch", str(micro), "--accumulation", str(args.accumulation),
             "--rank", str(args.rank), "--warmup", str(args.warmup), "--steps", str(args.steps),
             "--checkpointing", checkpointing]  # fmt: skip
-
-
-resolved: dict[str, dict] = {}
-"""Per entry-point variant: the micro-batch and checkpointing its `auto` settings resolved to."""
 
 
 def _micro_batch(text: str) -> int | str:
@@ -366,6 +365,7 @@ def main() -> None:
         raise SystemExit(f"{args.gpus} GPUs asked for, {info['count']} here")
 
     results: dict[str, dict] = {}
+    resolved: dict[str, dict] = {}  # per entry-point variant, what its auto settings resolved to
     failed: dict[str, str] = {}
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if variant not in ("zero2", "zero3", "peft"):
@@ -375,8 +375,10 @@ def main() -> None:
                 rows = run_plain_peft(args, work, model, data)
                 results["peft_1gpu"] = figures(rows, args.warmup, flops_per_token, 1, peak)
             else:
-                rows = run_entry_point(variant, variant, args, work, model, data)
+                rows, plan = run_entry_point(variant, variant, args, work, model, data)
                 results[variant] = figures(rows, args.warmup, flops_per_token, args.gpus, peak)
+                if plan is not None:
+                    resolved[variant] = plan
         except VariantFailed as exc:  # one variant out of memory must not cost the others' figures
             failed[variant] = str(exc)
 

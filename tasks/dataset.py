@@ -35,7 +35,6 @@ TABLE = "dataset"
 STAGE = "dataset"
 DROPPED_SHARD = "all"
 FINGERPRINTS = "fingerprints"
-EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class DatasetConfig(BaseModel):
@@ -105,7 +104,11 @@ def _fingerprint_rows(result_prints: list[Fingerprint], cfg: DatasetConfig) -> l
 
 
 def _embedder_id(cfg: DatasetConfig) -> str:
-    return EMBEDDER_ID if cfg.embeddings else ""
+    if not cfg.embeddings:
+        return ""
+    from autosafe_core.stages.embedding import MiniLMEmbedder
+
+    return MiniLMEmbedder.model_id
 
 
 def _embedder(cfg: DatasetConfig):

@@ -209,16 +209,16 @@ class EngineClient(ChatModel):
         for c, (_, future) in enumerate(batch):
             if remaining[c] == 0 and not future.done():
                 future.set_result([])
+        if not flat:
+            return
         try:
             actor = self._actors[next(self._next)]
             if self._streams is None:
                 self._streams = await actor.streams.remote()
-            if flat and self._streams:
+            if self._streams:
                 chunks = (await ref async for ref in actor.complete_stream.remote(pack_requests(flat)))
-            elif flat:  # all finish together: one reply costs less than a stream
+            else:  # all finish together: one reply costs less than a stream
                 chunks = _one_chunk(actor.complete.remote(pack_requests(flat)), len(flat))
-            else:
-                chunks = _one_chunk(None, 0)
             async for positions, packed in chunks:
                 for position, completion in zip(positions, unpack_completions(packed), strict=True):
                     c, k = owner[position]
@@ -248,8 +248,8 @@ class EngineClient(ChatModel):
 
 
 async def _one_chunk(reply, count: int) -> AsyncIterator[tuple[list[int], PackedCompletions]]:
-    if count:
-        yield list(range(count)), await reply
+    """A whole batch's reply as the one chunk of a stream."""
+    yield list(range(count)), await reply
 
 
 def _resources(spec: ModelSpec) -> dict:

@@ -90,8 +90,8 @@ def test_a_resumed_job_keeps_the_plan_its_first_start_resolved(tmp_path: Path) -
 
     folder = JobFolder(job().output, tmp_path / "scratch")
     cpu = torch.device("cpu")
-    assert _plan(job(), cpu, 1, folder) == (1, False)  # auto on a CPU, written for later starts
+    assert _plan(job(), cpu, 0, 1, folder) == (1, False)  # auto on a CPU, written for later starts
     assert folder.read_json(PLAN) == {"micro_batch_size": 1, "gradient_checkpointing": False}
     folder.write_json({"micro_batch_size": 8, "gradient_checkpointing": False}, PLAN)  # as a GPU start wrote it
-    assert _plan(job(), cpu, 1, folder) == (8, False)
-    assert _plan(job(micro_batch_size=2, gradient_checkpointing=True), cpu, 1, folder) == (2, True)  # explicit wins
+    assert _plan(job(), cpu, 0, 1, folder) == (8, False)
+    assert _plan(job(micro_batch_size=2, gradient_checkpointing=True), cpu, 0, 1, folder) == (2, True)  # explicit wins

@@ -9,7 +9,6 @@ goes into that request's `Completion.error`, so one broken call cannot sink a sh
 from __future__ import annotations
 
 import asyncio
-
 import hashlib
 import json
 from abc import ABC, abstractmethod

@@ -29,6 +29,8 @@ class MiniLMEmbedder:
     choose (a GPU when there is one).
     """
 
+    model_id = "sentence-transformers/all-MiniLM-L6-v2"
+
     def __init__(self, batch_size: int = 64, device: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"MiniLMEmbedder: batch_size must be at least 1, got {batch_size}")

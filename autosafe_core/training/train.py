@@ -76,7 +76,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     t = job.training
     on_gpu = device.type == "cuda"
     bf16 = t.precision == "bf16" or (t.precision == "auto" and on_gpu)
-    micro, checkpointing = _plan(job, device, world, folder)
+    micro, checkpointing = _plan(job, device, rank, world, folder)
     ds_config = _fill_deepspeed(job, world, bf16, micro)
 
     safe = RunSource(job.data_run, job.split) if job.data_run is not None else FileSource(job.data_uri)
@@ -220,7 +220,7 @@ def _fill_deepspeed(job: TrainJob, world: int, bf16: bool, micro: int) -> dict[s
     return config
 
 
-def _plan(job: TrainJob, device: torch.device, world: int, folder: JobFolder) -> tuple[int, bool]:
+def _plan(job: TrainJob, device: torch.device, rank: int, world: int, folder: JobFolder) -> tuple[int, bool]:
     """(micro-batch, checkpointing): the job's settings, with auto resolved for this hardware.
 
     On a CPU auto is 1 and off; on a GPU it is what the memory estimate says fits
@@ -246,11 +246,11 @@ def _plan(job: TrainJob, device: torch.device, world: int, folder: JobFolder) ->
                      live_parameters=float(zero.get("stage3_max_live_parameters", 3e9)))  # fmt: skip
         gpu = torch.cuda.get_device_properties(device).total_memory
         micro, ckpt = choose(shape, gpu, micro, ckpt, **sizes)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank == 0:
             need = peak_bytes(shape, micro_batch=micro, checkpointing=ckpt, **sizes) / 2**30
             _log(f"auto: micro-batch {micro}, checkpointing {'on' if ckpt else 'off'} "
                  f"(about {need:.0f} of {gpu / 2**30:.0f} GiB per GPU)")  # fmt: skip
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         folder.write_json({"micro_batch_size": micro, "gradient_checkpointing": ckpt}, PLAN)
     return micro, ckpt
 
