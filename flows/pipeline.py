@@ -10,9 +10,10 @@ run id redoes exactly the failed shards.
 
 from __future__ import annotations
 
+import collections
 import queue
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prefect import get_run_logger
@@ -97,7 +98,8 @@ def run_pipeline(config: FactoryConfig, stages: Iterable[str]) -> RunManifest:
     placement = "ray" if config.runner == "ray" else "local"
     progress = StageProgress()
     with engines({r: config.models.for_role(r) for r in roles}, placement, config.engine_replicas) as refs:
-        _follow(_Shards(run, config, wanted, todo, refs, progress), todo, progress, progress_console())
+        slots = _ray_slots if placement == "ray" else None
+        _follow(_Shards(run, config, wanted, todo, refs, progress, slots), todo, progress, progress_console())
         stats = engine_stats(refs) if refs else {}
     _raise_for_failures(run, progress)
     if dataset.STAGE in wanted:
@@ -141,6 +143,12 @@ class _Shards:
     Submitting a whole chain at once with `wait_for` would let Ray start a downstream
     task whose upstream is still running; it then blocks inside its worker, Ray lends
     its CPU to a fresh worker process, and every such wait costs a process start.
+
+    At most `slots()` tasks are in flight (on Ray: the cluster's CPUs plus one, asked
+    again at each refill, so a cluster that grows gets more), and a started shard's next
+    stage goes before a new shard. Ray starts queued tasks in an order of its own: with
+    every shard submitted at once, a shard's first stage could wait until the end of the
+    run, and its chain then runs alone on an otherwise idle cluster.
     """
 
     def __init__(
@@ -151,8 +159,10 @@ class _Shards:
         todo: dict,
         refs: dict[str, EngineRef],
         progress: StageProgress,
+        slots: Callable[[], int] | None = None,
     ):
         self.run = run
+        self.slots = slots
         self.progress = progress
         self.refs = refs
         self.gen_cfg, self.roll_cfg, self.safe_cfg = config.stage_configs()
@@ -164,15 +174,25 @@ class _Shards:
             if stage in wanted:
                 for shard_id, _, _ in todo[stage]:
                     self.chains.setdefault(shard_id, []).append(stage)
+        self.waiting = collections.deque(self.chains)  # shards with nothing submitted yet
         self.done: queue.SimpleQueue[tuple[str, str, PrefectFuture]] = queue.SimpleQueue()
         self.in_flight = 0
 
     def start(self) -> None:
-        for shard_id in self.chains:
-            self.advance(shard_id)
+        self._fill()
 
     def advance(self, shard_id: str) -> None:
-        """Submit the shard's next stage, if it has one left."""
+        """After a task of the shard finished: its next stage, if it has one left, then new
+        shards into the slots still free."""
+        self._submit_next(shard_id)
+        self._fill()
+
+    def _fill(self) -> None:
+        limit = self.slots() if self.slots else None
+        while self.waiting and (limit is None or self.in_flight < limit):
+            self._submit_next(self.waiting.popleft())
+
+    def _submit_next(self, shard_id: str) -> None:
         chain = self.chains[shard_id]
         if not chain:
             return
@@ -200,6 +220,13 @@ class _Shards:
         """The shard's later stages, which will not run now (their input is missing)."""
         left, self.chains[shard_id] = self.chains[shard_id], []
         return left
+
+
+def _ray_slots() -> int:
+    """Tasks in flight on Ray: one per CPU of the cluster, and one waiting to start."""
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 1)) + 1
 
 
 def _follow(shards: _Shards, todo: dict, progress: StageProgress, console: Console | None) -> None:
@@ -232,6 +259,7 @@ def _follow(shards: _Shards, todo: dict, progress: StageProgress, console: Conso
                 for later in shards.abandon(shard_id):
                     progress.failed.setdefault(later, []).append(f"{shard_id}: not run, {stage} failed")
                     bar.update(ids[later], advance=1)
+                shards.advance(shard_id)  # nothing left of this shard: its slot goes to a new one
                 continue
             progress.records[stage] = progress.records.get(stage, 0) + ref.records
             progress.shards[stage] = progress.shards.get(stage, 0) + 1

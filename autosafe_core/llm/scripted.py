@@ -73,10 +73,24 @@ class ScriptedModel(ChatModel):
         out = self._responder(request)
         if isinstance(out, Completion):
             return out.model_copy(update={"model_id": out.model_id or self.model_id})
-        prompt_tokens = sum(len(m.content.split()) for m in request.messages)
+        prompt_tokens = sum(_words(m.content) for m in request.messages)
         return Completion(
             text=out,
             prompt_tokens=prompt_tokens,
             completion_tokens=max(1, len(out.split())),
             model_id=self.model_id,
         )
+
+
+_WORD_COUNTS: dict[str, int] = {}
+
+
+def _words(text: str) -> int:
+    """Whitespace-separated words of `text`: the double's token count. A rollout sends the same
+    system prompt at every step, so counts are kept per distinct text (a bounded memo)."""
+    count = _WORD_COUNTS.get(text)
+    if count is None:
+        if len(_WORD_COUNTS) >= 4096:
+            _WORD_COUNTS.clear()
+        count = _WORD_COUNTS[text] = len(text.split())
+    return count
