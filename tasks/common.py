@@ -22,6 +22,7 @@ from autosafe_core.ots import Usage
 from autosafe_core.stages.common import StageResult
 from autosafe_core.store import Run, ShardRef, commit_shard, read_commit
 from tasks.engines import EngineClient, EngineRef
+from tasks.heap import settle_heap
 
 TASK_RETRIES = 3
 
@@ -68,6 +69,7 @@ class MeteredModel(ChatModel):
 
 def role_models(engines: Mapping[str, EngineRef], roles: tuple[str, ...]) -> dict[str, MeteredModel]:
     """One metered client per role; roles on the same engine share its client (and its batches)."""
+    settle_heap()
     clients: dict[str, EngineClient] = {}
     out = {}
     for role in roles:
@@ -112,3 +114,4 @@ def commit_result(
         counters=all_counters,
         role_usage={role: m.usage for role, m in models.items()},
     )
+

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
 from autosafe_core.llm.registry import ModelSpec, build_model
+from tasks.heap import settle_heap
 from tasks.wire import (
     PackedCompletions,
     PackedRequests,
@@ -105,6 +106,7 @@ def _actor_class():
 
                 torch.set_num_threads(int(spec.options.get("cpu_threads") or os.cpu_count() or 1))
             self.model = build_model(spec)
+            settle_heap()
 
         async def complete(self, packed: PackedRequests) -> PackedCompletions:
             return pack_completions(await self.model.complete(unpack_requests(packed)))
