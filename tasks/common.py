@@ -114,4 +114,3 @@ def commit_result(
         counters=all_counters,
         role_usage={role: m.usage for role, m in models.items()},
     )
-

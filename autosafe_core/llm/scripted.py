@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import lru_cache
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
 
@@ -82,15 +83,8 @@ class ScriptedModel(ChatModel):
         )
 
 
-_WORD_COUNTS: dict[str, int] = {}
-
-
+@lru_cache(maxsize=4096)
 def _words(text: str) -> int:
     """Whitespace-separated words of `text`: the double's token count. A rollout sends the same
-    system prompt at every step, so counts are kept per distinct text (a bounded memo)."""
-    count = _WORD_COUNTS.get(text)
-    if count is None:
-        if len(_WORD_COUNTS) >= 4096:
-            _WORD_COUNTS.clear()
-        count = _WORD_COUNTS[text] = len(text.split())
-    return count
+    system prompt at every step, so counts are kept per distinct text."""
+    return len(text.split())
