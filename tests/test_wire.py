@@ -1,8 +1,9 @@
 """The packed form of a batch sent to an engine actor: exact round trips, each shared
-text and schema carried once."""
+text and schema carried once, and one schema object on the engine side per distinct schema."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 from autosafe_core.llm.base import ChatRequest, Completion, Message, SamplingParams
@@ -36,7 +37,7 @@ def test_requests_round_trip_through_pickle_unchanged():
 def test_a_shared_system_prompt_and_schema_travel_once():
     texts, shared, rows = pack_requests(batch(100))
     assert texts.count(SPECS) == 1 and len(texts) == 102
-    assert sum(obj == SCHEMA for obj in shared) == 1
+    assert sum(obj == json.dumps(SCHEMA) for obj in shared) == 1
     packed_size = len(pickle.dumps(pack_requests(batch(100))))
     assert packed_size * 10 < len(pickle.dumps(batch(100)))
 
@@ -47,3 +48,20 @@ def test_completions_round_trip_with_errors_and_counts():
         Completion(error="timeout after 30 s", finish_reason="error"),
     ]
     assert unpack_completions(pickle.loads(pickle.dumps(pack_completions(completions)))) == completions
+
+
+def test_every_batch_hands_the_engine_the_same_schema_object():
+    # What an engine caches per schema object (a compiled grammar) must survive from batch to batch.
+    first = unpack_requests(pickle.loads(pickle.dumps(pack_requests(batch(3)))))
+    second = unpack_requests(pickle.loads(pickle.dumps(pack_requests(batch(4)))))
+    schemas = {id(r.json_schema) for r in first + second if r.json_schema is not None}
+    assert len(schemas) == 1
+    assert first[0].json_schema == SCHEMA and first[0].json_schema is not SCHEMA
+
+
+def test_an_equal_copy_of_a_schema_reaches_the_engine_as_the_same_object():
+    copy = json.loads(json.dumps(SCHEMA))
+    request = ChatRequest(messages=(Message(role="user", content="x"),), json_schema=copy)
+    (back,) = unpack_requests(pickle.loads(pickle.dumps(pack_requests([request]))))
+    (first, *_) = unpack_requests(pickle.loads(pickle.dumps(pack_requests(batch(1)))))
+    assert back.json_schema is first.json_schema

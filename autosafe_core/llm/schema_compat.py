@@ -29,8 +29,9 @@ the result is cached per object.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
+
+from autosafe_core.identity_cache import identity_cached
 
 _DROP_BY_TYPE = {
     "object": ("patternProperties", "propertyNames"),
@@ -45,22 +46,10 @@ STRING_FORMATS = frozenset(
     "json-pointer relative-json-pointer".split()
 )
 
-_cache: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-_lock = threading.Lock()
-
 
 def for_vllm(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` without the keywords vLLM's structured outputs refuse (the same object when it has none)."""
-    with _lock:
-        hit = _cache.get(id(schema))
-    if hit is not None and hit[0] is schema:
-        return hit[1]
-    cleaned = _clean(schema)
-    with _lock:
-        if len(_cache) > 4096:  # schemas are few; a leak guard, not a policy
-            _cache.clear()
-        _cache[id(schema)] = (schema, cleaned)  # keeps `schema` alive, so its id stays its own
-    return cleaned
+    return _cleaned(schema)
 
 
 def _clean(node: Any) -> Any:
@@ -77,3 +66,6 @@ def _clean(node: Any) -> Any:
     out = {key: _clean(value) for key, value in node.items() if key not in drop}
     same = not drop & node.keys() and all(out[k] is node[k] for k in out)
     return node if same else out
+
+
+_cleaned = identity_cached(_clean, maxsize=4096)

@@ -11,6 +11,7 @@ about rollouts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from autosafe_core.llm.base import ChatModel, Message, SamplingParams
@@ -34,8 +35,10 @@ def prompt() -> Prompt:
     return load_prompt("agent")
 
 
+@lru_cache(maxsize=1024)
 def output_schema(toolbox: Toolbox) -> dict[str, Any]:
-    """The decoding constraint: a call of one of the toolbox's tools with its arguments, or a final answer."""
+    """The decoding constraint: a call of one of the toolbox's tools with its arguments, or a final answer.
+    One object per toolbox (read-only): what backends and the wire cache per schema object stays cached."""
     return {"title": AgentOutput.__name__, **toolbox.action_schema}
 
 

@@ -11,6 +11,7 @@ agent's own tool-name check. Knows nothing about sampling loops.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -50,8 +51,10 @@ def prompt() -> Prompt:
     return load_prompt("reflector")
 
 
+@lru_cache(maxsize=1024)
 def output_schema(toolbox: Toolbox) -> dict[str, Any]:
-    """The decoding constraint: a critique, then an action over the toolbox's tools (as the agent's)."""
+    """The decoding constraint: a critique, then an action over the toolbox's tools (as the agent's).
+    One object per toolbox, read-only, as `agent.output_schema`."""
     schema = _BASE_SCHEMA.copy()
     schema["properties"] = {**schema["properties"], "revised_action": toolbox.action_schema}
     return schema

@@ -11,6 +11,7 @@ about ids beyond the one it is given, nor about stages.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -79,8 +80,10 @@ def prompt() -> Prompt:
     return load_prompt("scenario_generator")
 
 
+@lru_cache(maxsize=1024)
 def output_schema(source: RiskSource, toolbox: Toolbox) -> dict[str, Any]:
-    """The decoding constraint for a cell of `source`; a history's calls are over the toolbox's tools."""
+    """The decoding constraint for a cell of `source`; a history's calls are over the toolbox's tools.
+    One object per (source, toolbox), read-only, as `agent.output_schema`."""
     if source != RiskSource.CONTEXT:
         return _SCHEMA
     schema = _CONTEXT_SCHEMA.copy()

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
+from autosafe_core.identity_cache import identity_cached
 from autosafe_core.llm.base import ChatRequest
 from autosafe_core.ots import SAFETY_SCORES, SafetyLabel
 
@@ -44,7 +46,7 @@ def respond(request: ChatRequest) -> str:
     schema = request.json_schema
     if schema is None:
         return f"answer {tag} {_words(rng, 6)}"
-    value = _Instance(schema, rng, tag).of(schema)
+    value = _compiled(schema)(rng, tag)
     if _is_safety_judgement(schema):
         value.update(_judgement(rng))
     return json.dumps(value)
@@ -66,25 +68,40 @@ def _words(rng: random.Random, n: int) -> str:
     return " ".join([_WORDS[b % len(_WORDS)] for b in rng.randbytes(n)])
 
 
-class _Instance:
-    """Walks one schema, drawing every choice from `rng`."""
+Draw = Callable[[random.Random, str], Any]
+"""A compiled schema: given the request's rng and tag, one instance."""
 
-    def __init__(self, root: dict[str, Any], rng: random.Random, tag: str):
+def _compile(schema: dict[str, Any]) -> Draw:
+    return _Compiler(schema).of(schema)
+
+
+# Once per schema object: a batch shares one object per role, and an engine actor gets the
+# same object for every batch (tasks/wire.py interns them).
+_compiled = identity_cached(_compile, maxsize=256)
+
+
+class _Compiler:
+    """Turns a schema into nested closures that draw every choice from the request's rng.
+    The draws happen in the order of a plain walk of the schema, so an answer depends only
+    on the schema and the messages."""
+
+    def __init__(self, root: dict[str, Any]):
         self.root = root
-        self.rng = rng
-        self.tag = tag
+        self._refs: dict[str, Draw] = {}
 
-    def of(self, schema: dict[str, Any]) -> Any:
+    def of(self, schema: dict[str, Any]) -> Draw:
         if "$ref" in schema:
-            return self.of(self._resolve(schema["$ref"]))
+            return self._ref(schema["$ref"])
         if "const" in schema:
-            return schema["const"]
+            const = schema["const"]
+            return lambda rng, tag: const
         if "enum" in schema:
-            return self.rng.choice(schema["enum"])
+            values = schema["enum"]
+            return lambda rng, tag: rng.choice(values)
         for key in ("anyOf", "oneOf"):
             if key in schema:
-                options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-                return self.of(self.rng.choice(options))
+                options = [self.of(s) for s in ([s for s in schema[key] if s.get("type") != "null"] or schema[key])]
+                return lambda rng, tag: rng.choice(options)(rng, tag)
         if "allOf" in schema:
             merged: dict[str, Any] = {}
             for part in schema["allOf"]:
@@ -97,6 +114,14 @@ class _Instance:
             kind = "object" if "properties" in schema else "string"
         return getattr(self, f"_{kind}")(schema)
 
+    def _ref(self, ref: str) -> Draw:
+        # Looked up at draw time: a schema may refer to itself.
+        if ref not in self._refs:
+            self._refs[ref] = _pending
+            self._refs[ref] = self.of(self._resolve(ref))
+        refs = self._refs
+        return lambda rng, tag: refs[ref](rng, tag)
+
     def _resolve(self, ref: str) -> dict[str, Any]:
         if not ref.startswith("#/"):
             raise ValueError(f"schema_responder: only local references are supported, got {ref!r}")
@@ -105,47 +130,64 @@ class _Instance:
             node = node[part]
         return node
 
-    def _object(self, schema: dict[str, Any]) -> dict[str, Any]:
-        props = schema.get("properties", {})
+    def _object(self, schema: dict[str, Any]) -> Draw:
         required = set(schema.get("required", []))
         # Every property, optional ones too: fuller answers exercise more of the reader.
-        out = {name: self.of(sub) for name, sub in props.items() if name in required or self.rng.random() < 0.8}
+        props = [(name, name in required, self.of(sub)) for name, sub in schema.get("properties", {}).items()]
         extra = schema.get("additionalProperties")
-        if not props and isinstance(extra, dict):
-            low = schema.get("minProperties", 0)
-            high = min(schema.get("maxProperties", low + 3), low + 3)
-            names = schema.get("propertyNames", {})
-            for i in range(self.rng.randint(max(low, 1), max(high, 1))):
-                key = self._fit(f"{self.rng.choice(_WORDS)}_{i}", names)
-                out[key] = self.of(extra)
-        return out
+        if props or not isinstance(extra, dict):
 
-    def _array(self, schema: dict[str, Any]) -> list[Any]:
+            def draw(rng: random.Random, tag: str) -> dict[str, Any]:
+                return {name: value(rng, tag) for name, needed, value in props if needed or rng.random() < 0.8}
+
+            return draw
+        low = schema.get("minProperties", 0)
+        high = min(schema.get("maxProperties", low + 3), low + 3)
+        names = schema.get("propertyNames", {})
+        value = self.of(extra)
+
+        def draw_map(rng: random.Random, tag: str) -> dict[str, Any]:
+            out = {}
+            for i in range(rng.randint(max(low, 1), max(high, 1))):
+                key = _fit(f"{rng.choice(_WORDS)}_{i}", names)  # drawn before the value
+                out[key] = value(rng, tag)
+            return out
+
+        return draw_map
+
+    def _array(self, schema: dict[str, Any]) -> Draw:
         low = schema.get("minItems", 0)
         high = min(schema.get("maxItems", low + 3), low + 3)
-        items = schema.get("items", {"type": "string"})
-        return [self.of(items) for _ in range(self.rng.randint(max(low, 1) if high else 0, max(high, low)))]
+        item = self.of(schema.get("items", {"type": "string"}))
+        first, last = (max(low, 1) if high else 0), max(high, low)
+        return lambda rng, tag: [item(rng, tag) for _ in range(rng.randint(first, last))]
 
-    def _string(self, schema: dict[str, Any]) -> str:
-        return self._fit(f"{self.tag} {_words(self.rng, 3 + self.rng.getrandbits(3))}", schema)
+    def _string(self, schema: dict[str, Any]) -> Draw:
+        return lambda rng, tag: _fit(f"{tag} {_words(rng, 3 + rng.getrandbits(3))}", schema)
 
-    @staticmethod
-    def _fit(text: str, schema: dict[str, Any]) -> str:
-        low = schema.get("minLength", 0)
-        high = schema.get("maxLength")
-        text = text.ljust(low, "x")
-        return text[:high].rstrip() or text[:high] if high is not None else text
-
-    def _integer(self, schema: dict[str, Any]) -> int:
+    def _integer(self, schema: dict[str, Any]) -> Draw:
         low = schema.get("minimum", 0)
-        return self.rng.randint(low, schema.get("maximum", low + 99))
+        high = schema.get("maximum", low + 99)
+        return lambda rng, tag: rng.randint(low, high)
 
-    def _number(self, schema: dict[str, Any]) -> float:
+    def _number(self, schema: dict[str, Any]) -> Draw:
         low = schema.get("minimum", 0.0)
-        return round(self.rng.uniform(low, schema.get("maximum", low + 100.0)), 3)
+        high = schema.get("maximum", low + 100.0)
+        return lambda rng, tag: round(rng.uniform(low, high), 3)
 
-    def _boolean(self, _schema: dict[str, Any]) -> bool:
-        return self.rng.random() < 0.5
+    def _boolean(self, _schema: dict[str, Any]) -> Draw:
+        return lambda rng, tag: rng.random() < 0.5
 
-    def _null(self, _schema: dict[str, Any]) -> None:
-        return None
+    def _null(self, _schema: dict[str, Any]) -> Draw:
+        return lambda rng, tag: None
+
+
+def _pending(rng: random.Random, tag: str) -> Any:
+    raise ValueError("schema_responder: a reference that can only refer to itself has no instance")
+
+
+def _fit(text: str, schema: dict[str, Any]) -> str:
+    low = schema.get("minLength", 0)
+    high = schema.get("maxLength")
+    text = text.ljust(low, "x")
+    return text[:high].rstrip() or text[:high] if high is not None else text
