@@ -311,6 +311,37 @@ def test_filter_and_columns_apply_to_the_committed_rows(run):
     assert data.column("case_id").to_pylist() == ["case-1", "case-3"]
 
 
+def test_one_shard_reads_as_the_dataset_reader_reads_it(run):
+    # A shard task reads its one input shard without pyarrow.dataset: same rows, types, columns.
+    import pyarrow.dataset as ds_reader
+
+    commit_shard(run, "trajectories", "rollout", "00000", [trajectory(0, steps=3), trajectory(1, steps=2)])
+    fs, _ = run_dir(run)
+    (ref,) = committed(run, "trajectories")
+    schema = TABLES["trajectories"].schema
+    expected = ds_reader.dataset([shard_file(run, ref)], schema=schema, format="parquet", filesystem=fs).to_table()
+    assert read_table(run, "trajectories").equals(expected)
+    assert read_table(run, "trajectories", columns=["shard", "id"]).column_names == ["shard", "id"]
+
+
+def test_a_column_an_older_shard_lacks_reads_as_nulls(run):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ref = commit_shard(run, "scenarios", "generate", "00000", [scenario(0)])
+    fs, _ = run_dir(run)
+    path = shard_file(run, ref)
+    with fs.open(path, "rb") as f:
+        older = pq.read_table(f).drop_columns(["underspecifications"])
+    with fs.open(path, "wb") as f:
+        pq.write_table(older, f)
+    data = read_table(run, "scenarios")
+    assert data.schema == TABLES["scenarios"].schema
+    assert data.column("underspecifications").to_pylist() == [None]
+    assert data.column("id").to_pylist() == [scenario(0).id]
+    assert pa.types.is_string(data.schema.field("id").type)
+
+
 def test_an_uncommitted_table_reads_empty_with_its_schema(run):
     data = read_table(run, "safe_samples", columns=["id", "run_id"])
     assert (data.num_rows, data.column_names) == (0, ["id", "run_id"])

@@ -21,10 +21,9 @@ import io
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 from pydantic import BaseModel, Field, ValidationError
@@ -33,6 +32,9 @@ from autosafe_core.ots import Record, Usage
 from autosafe_core.store.location import StorageConfig, is_temporary, join, put_whole
 from autosafe_core.store.run import Run, check_name
 from autosafe_core.store.tables import TABLES, Lineage, from_arrow, table, to_arrow, usage_of
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 COMMITS = "_commits"
 
@@ -260,8 +262,29 @@ def read_table(
         data = spec.schema.empty_table()
         data = data.filter(filter) if filter is not None else data
         return data.select(columns) if columns is not None else data
+    if filter is None and len(paths) == 1:  # a shard task reading its input shard
+        return _read_one(fs, paths[0], spec.schema, columns)
+    # pyarrow.dataset imports pandas (0.2 s): only the reads that need it pay for it.
+    import pyarrow.dataset as ds
+
     dataset = ds.dataset(paths, schema=spec.schema, format="parquet", filesystem=fs)
     return dataset.to_table(columns=columns, filter=filter)
+
+
+def _read_one(fs: AbstractFileSystem, path: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    """One Parquet file in `schema` (or its `columns`), as `ds.dataset(...).to_table` gives it:
+    a column the file lacks comes back null, a column it has is cast to the table's type."""
+    wanted = schema if columns is None else pa.schema([schema.field(name) for name in columns])
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        data = parquet.read(columns=[name for name in wanted.names if name in parquet.schema_arrow.names])
+    return pa.table(
+        [
+            data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(len(data), f.type)
+            for f in wanted
+        ],
+        schema=wanted,
+    )
 
 
 def read_records(
