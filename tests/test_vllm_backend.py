@@ -164,6 +164,49 @@ async def test_a_bad_schema_fails_only_its_own_request(engine) -> None:
     assert fine.ok
 
 
+class _StatsEngine:
+    """Only what the stats loop touches of an `AsyncLLM`: a test double for its logic."""
+
+    def __init__(self) -> None:
+        self.logged = asyncio.Event()
+        self.calls = 0
+        self.shut = False
+
+    def get_tokenizer(self) -> None:
+        return None
+
+    async def do_log_stats(self) -> None:
+        self.calls += 1
+        self.logged.set()
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+@pytest.mark.asyncio
+async def test_an_engine_with_stats_on_logs_them_until_closed(monkeypatch) -> None:
+    from autosafe_core.llm import vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "STATS_INTERVAL_S", 0.001)
+    engine = _StatsEngine()
+    model = vllm_backend.VLLMChatModel(engine, model_id="m", log_stats=True)
+    model.complete_each([])  # the first requests start the loop on this event loop
+    await asyncio.wait_for(engine.logged.wait(), timeout=5)
+    task = model._stats_task
+    await model.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.shut and engine.calls >= 1
+
+
+@pytest.mark.asyncio
+async def test_an_engine_with_stats_off_starts_no_loop() -> None:
+    from autosafe_core.llm import vllm_backend
+
+    model = vllm_backend.VLLMChatModel(_StatsEngine(), model_id="m")
+    await model.complete([])
+    assert model._stats_task is None
+
 
 @needs_vllm
 @pytest.mark.asyncio(loop_scope="module")

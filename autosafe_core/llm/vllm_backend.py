@@ -27,6 +27,9 @@ from autosafe_core.llm.schema_compat import for_vllm
 # Options the engine pool reads for placement: never engine arguments.
 _PLACEMENT_OPTIONS = ("num_gpus",)
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's MaxLoRARanks
+STATS_INTERVAL_S = 10.0
+"""How often an engine with stats on (`disable_log_stats: false`) logs them: `AsyncLLM` logs
+only when asked (`do_log_stats`), as vLLM's API server does on a 10 s loop."""
 _lora_ids = itertools.count(1)
 
 
@@ -35,11 +38,13 @@ class VLLMChatModel(ChatModel):
 
     streams = True
 
-    def __init__(self, engine: Any, *, model_id: str, lora_request: Any = None):
+    def __init__(self, engine: Any, *, model_id: str, lora_request: Any = None, log_stats: bool = False):
         self.engine = engine
         self.model_id = model_id
         self.tokenizer = engine.get_tokenizer()
         self.lora_request = lora_request
+        self.log_stats = log_stats
+        self._stats_task: asyncio.Task | None = None
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> VLLMChatModel:
@@ -74,13 +79,25 @@ class VLLMChatModel(ChatModel):
         # sequences and 2,048 tokens per step, the offline `LLM` class 1,024 and 16,384 on
         # a large GPU. The factory is offline batch work: ask for the latter.
         engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.LLM_CLASS)
-        return cls(engine, model_id=model_id, lora_request=lora_request)
+        return cls(engine, model_id=model_id, lora_request=lora_request, log_stats=not args["disable_log_stats"])
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        self._start_stats()
         return list(await asyncio.gather(*(self._complete_one(r) for r in requests)))
 
     def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
+        self._start_stats()
         return [asyncio.ensure_future(self._complete_one(r)) for r in requests]
+
+    def _start_stats(self) -> None:
+        """On the engine's loop, with its first requests: log its stats every `STATS_INTERVAL_S`."""
+        if self.log_stats and self._stats_task is None:
+            self._stats_task = asyncio.ensure_future(self._log_stats_forever())
+
+    async def _log_stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            await self.engine.do_log_stats()
 
     async def _complete_one(self, request: ChatRequest) -> Completion:
         from vllm.inputs import TokensPrompt
@@ -139,4 +156,6 @@ class VLLMChatModel(ChatModel):
         )
 
     async def aclose(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         self.engine.shutdown()
