@@ -20,7 +20,7 @@ from typing import Literal
 
 import pytest
 import pytest_asyncio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from autosafe_core.llm.base import ChatRequest, Message, SamplingParams
 from autosafe_core.llm.registry import ModelSpec
@@ -41,9 +41,11 @@ needs_vllm = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 
 class Judgement(BaseModel):
-    action: str = Field(max_length=24)
+    # No free-text field: the backend drops string maxLength for vLLM (schema_compat), so on
+    # random weights a free string runs to max_tokens; choices and booleans always close.
+    action: Literal["read", "write", "send", "delete"]
     risk: Literal["low", "medium", "high"]
-    reason: str = Field(max_length=40)
+    reversible: bool
 
 
 def ask(text: str, *, schema: bool = True, **sampling: object) -> ChatRequest:
