@@ -311,17 +311,25 @@ def test_filter_and_columns_apply_to_the_committed_rows(run):
     assert data.column("case_id").to_pylist() == ["case-1", "case-3"]
 
 
-def test_one_shard_reads_as_the_dataset_reader_reads_it(run):
-    # A shard task reads its one input shard without pyarrow.dataset: same rows, types, columns.
-    import pyarrow.dataset as ds_reader
-
+def test_shards_read_as_the_dataset_reader_reads_them(run):
+    # Unfiltered reads go without pyarrow.dataset: same rows, order, types and columns.
     commit_shard(run, "trajectories", "rollout", "00000", [trajectory(0, steps=3), trajectory(1, steps=2)])
+    commit_shard(run, "trajectories", "rollout", "00001", [trajectory(2, steps=1)])
     fs, _ = run_dir(run)
-    (ref,) = committed(run, "trajectories")
+    paths = [shard_file(run, ref) for ref in committed(run, "trajectories")]
     schema = TABLES["trajectories"].schema
-    expected = ds_reader.dataset([shard_file(run, ref)], schema=schema, format="parquet", filesystem=fs).to_table()
+    expected = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table()
     assert read_table(run, "trajectories").equals(expected)
+    assert read_table(run, "trajectories", shards=["00001"]).num_rows == 1
     assert read_table(run, "trajectories", columns=["shard", "id"]).column_names == ["shard", "id"]
+
+
+def test_a_committed_file_that_is_gone_is_an_error_naming_it(run):
+    ref = commit_shard(run, "scenarios", "generate", "00000", [scenario(0)])
+    fs, _ = run_dir(run)
+    fs.rm_file(shard_file(run, ref))
+    with pytest.raises(FileNotFoundError, match="part-"):
+        read_table(run, "scenarios")
 
 
 def test_a_column_an_older_shard_lacks_reads_as_nulls(run):
