@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 
 import jsonschema
 import pytest
@@ -79,7 +80,9 @@ def _tokenizer():
 
     from autosafe_core.llm.smollm2 import default_cache_dir, ensure_smollm2
 
-    return AutoTokenizer.from_pretrained(ensure_smollm2(default_cache_dir()))
+    # An offline machine (the GPU box) names a folder with SmolLM2's tokenizer, as for the vLLM tests.
+    configured = os.environ.get("AUTOSAFE_VLLM_TEST_MODEL")
+    return AutoTokenizer.from_pretrained(configured or ensure_smollm2(default_cache_dir()))
 
 
 def test_the_responder_still_answers_cleaned_schemas() -> None:
