@@ -87,7 +87,7 @@ class _Compiler:
 
     def __init__(self, root: dict[str, Any]):
         self.root = root
-        self._refs: dict[str, Draw] = {}
+        self._refs: dict[str, Draw | None] = {}
 
     def of(self, schema: dict[str, Any]) -> Draw:
         if "$ref" in schema:
@@ -115,9 +115,10 @@ class _Compiler:
         return getattr(self, f"_{kind}")(schema)
 
     def _ref(self, ref: str) -> Draw:
-        # Looked up at draw time: a schema may refer to itself.
+        # Compiled once per reference and looked up at draw time: a schema may refer to itself
+        # (None marks one being compiled, so a reference back to it does not recurse).
         if ref not in self._refs:
-            self._refs[ref] = _pending
+            self._refs[ref] = None
             self._refs[ref] = self.of(self._resolve(ref))
         refs = self._refs
         return lambda rng, tag: refs[ref](rng, tag)
@@ -180,10 +181,6 @@ class _Compiler:
 
     def _null(self, _schema: dict[str, Any]) -> Draw:
         return lambda rng, tag: None
-
-
-def _pending(rng: random.Random, tag: str) -> Any:
-    raise ValueError("schema_responder: a reference that can only refer to itself has no instance")
 
 
 def _fit(text: str, schema: dict[str, Any]) -> str:
