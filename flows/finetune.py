@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
 from prefect import flow, get_run_logger
 
 from autosafe_core.llm.local_weights import model_source
@@ -248,13 +249,12 @@ def launch_ray(job: TrainJob, address: str) -> None:
         ray.init(address=address, namespace="autosafe", log_to_driver=True)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     workers = job.training.processes or max(1, gpus)
-    folder = JobFolder(job.output, Path(tempfile.mkdtemp(prefix="autosafe-ray-")))
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={"job": job.model_dump_json()},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0),
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
-        run_config=RunConfig(name=f"autosafe-finetune-{job.train_id}", **_ray_storage(folder)),
+        run_config=RunConfig(name=f"autosafe-finetune-{job.train_id}", **_ray_storage(job.output)),
     )
     try:
         trainer.fit()
@@ -263,20 +263,20 @@ def launch_ray(job: TrainJob, address: str) -> None:
         raise TrainingFailed(f"Ray Train job failed: {first}") from exc
 
 
-def _ray_storage(folder: JobFolder) -> dict[str, Any]:
+def _ray_storage(output: StorageConfig) -> dict[str, Any]:
     """Where Ray Train keeps its own run files: beside the job (shared storage, as multi-node Ray needs)."""
-    if folder.is_local:
-        return {"storage_path": folder.path("ray")}
+    fs, root = output.filesystem()
+    path = join(root, "ray")
+    if isinstance(fs, LocalFileSystem):
+        return {"storage_path": path}
     import pyarrow.fs
 
-    storage = folder.output
     options: dict[str, Any] = {}
-    if storage.endpoint_url:
-        options["endpoint_override"] = storage.endpoint_url
-    if storage.region:
-        options["region"] = storage.region
-    path = folder.path("ray").removeprefix("s3://")
-    return {"storage_path": path, "storage_filesystem": pyarrow.fs.S3FileSystem(**options)}
+    if output.endpoint_url:
+        options["endpoint_override"] = output.endpoint_url
+    if output.region:
+        options["region"] = output.region
+    return {"storage_path": path.removeprefix("s3://"), "storage_filesystem": pyarrow.fs.S3FileSystem(**options)}
 
 
 # -- what the run keeps ------------------------------------------------------------------------

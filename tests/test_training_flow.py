@@ -247,4 +247,6 @@ def test_on_s3_checkpoints_and_the_adapter_go_to_the_bucket_and_a_restart_resume
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)  # where the backends' fsspec finds the bucket
     from autosafe_core.llm.local_weights import local_adapter
 
-    assert (local_adapter(again["adapter"]) / "adapter_model.safetensors").is_file()
+    with local_adapter(again["adapter"]) as copy:
+        assert (copy / "adapter_model.safetensors").is_file()
+    assert not copy.exists()  # the fetched copy lives as long as its `with` block

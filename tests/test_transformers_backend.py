@@ -128,13 +128,13 @@ async def test_different_seeds_draw_different_tokens(tiny: TransformersChatModel
     assert a.text != b.text
 
 
-async def test_a_failed_generate_is_reported_in_each_completion_and_the_worker_survives(
+async def test_a_failed_forward_pass_is_reported_in_each_completion_and_the_worker_survives(
     tiny: TransformersChatModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(**_: object) -> None:
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(tiny.model, "generate", broken)
+    monkeypatch.setattr(tiny.model, "forward", broken)
     failed = await tiny.complete([ask("a"), ask("b")])
     assert [c.ok for c in failed] == [False, False]
     assert all("out of memory" in (c.error or "") for c in failed)

@@ -2,10 +2,10 @@
 
 `SchemaGrammars` compiles each schema once per tokenizer (cached by the schema's
 hash), with no free whitespace, so every token the model spends is content. A
-`GrammarMask` is a logits processor for one batched `generate` call: each row has
+`GrammarMask` is a logits processor for one batched decode (`decode.decode`): each row has
 its own grammar, or none (rows without a schema pass through untouched), and its
 own token budget. It replaces xgrammar's `contrib.hf.LogitsProcessor`, which needs a
-grammar on every row and asserts on the padding that `generate` feeds a row stopped
+grammar on every row and asserts on the padding that a batch feeds a row stopped
 by a per-row budget.
 
 This module knows tokens and logits, not chat messages or requests.
@@ -58,8 +58,9 @@ class SchemaGrammars:
 class GrammarMask(LogitsProcessor):
     """Masks each constrained row's logits to what its grammar allows next.
 
-    `budgets[i]` is row i's max new tokens: past it, `generate` pads the row, and those
-    pads must not reach the grammar. One instance serves exactly one `generate` call.
+    `budgets[i]` is row i's max new tokens: past it (or past its stop token) the decode
+    loop pads the row, and those pads must not reach the grammar. One instance serves
+    exactly one batch.
     """
 
     def __init__(self, grammars: Sequence[xgr.CompiledGrammar | None], budgets: Sequence[int], vocab_size: int):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from autosafe_core.llm.registry import DEFAULT_MODEL
@@ -23,17 +25,25 @@ def model_source(model: str) -> str:
     return model
 
 
-def local_adapter(adapter: str) -> Path:
-    """A local directory holding the LoRA adapter at `adapter` (a path or an fsspec URI)."""
+@contextmanager
+def local_adapter(adapter: str) -> Iterator[Path]:
+    """A local directory holding the LoRA adapter at `adapter` (a path or an fsspec URI),
+    for as long as the `with` block lasts: a copy fetched from object storage is removed
+    at its end."""
     if "://" in adapter and not adapter.startswith("file://"):
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(adapter)
         root = root.rstrip("/")
-        path = Path(tempfile.mkdtemp(prefix="autosafe-adapter-")) / Path(root).name
-        fs.get(root + "/", str(path), recursive=True)
+        with tempfile.TemporaryDirectory(prefix="autosafe-adapter-") as scratch:
+            path = Path(scratch) / Path(root).name
+            fs.get(root + "/", str(path), recursive=True)
+            yield _checked(adapter, path)
     else:
-        path = Path(adapter.removeprefix("file://")).expanduser()
+        yield _checked(adapter, Path(adapter.removeprefix("file://")).expanduser())
+
+
+def _checked(adapter: str, path: Path) -> Path:
     if not (path / "adapter_config.json").is_file():
         raise ValueError(f"adapter {adapter!r}: no adapter_config.json there")
     return path

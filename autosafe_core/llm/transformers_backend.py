@@ -1,11 +1,12 @@
 """A transformers model behind the `ChatModel` interface, batching concurrent callers.
 
 Many coroutines call `complete` at once (one rollout each); a single worker thread
-drains their requests from a queue and decodes up to `max_batch_size` of them in one
-left-padded `model.generate`, so concurrency buys throughput as on a serving engine.
+drains their requests from a queue and decodes up to `max_batch_size` of them as one
+left-padded batch (`decode.decode`: a row leaves the batch the step it finishes), so
+concurrency buys throughput as on a serving engine.
 Every request keeps its own decoding policy inside the shared batch: its JSON-schema
 grammar (`grammar.GrammarMask`), its temperature, top-p and seed (`RowSampler`, one
-random generator per row), its EOS handling and its token budget (`RowBudget`). Any
+random generator per row), its EOS handling and its token budget. Any
 two requests can therefore share a batch, and a seeded request samples the same
 tokens whatever it is batched with (up to floating-point differences from padding).
 
@@ -24,15 +25,10 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from transformers import (
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import LogitsProcessor
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
+from autosafe_core.llm.decode import decode
 from autosafe_core.llm.grammar import GrammarMask, SchemaGrammars
 from autosafe_core.llm.local_weights import local_adapter, model_source
 from autosafe_core.llm.registry import ModelSpec
@@ -134,10 +130,10 @@ class TransformersChatModel(ChatModel):
         if spec.adapter:
             from peft import PeftModel
 
-            adapter = local_adapter(spec.adapter)
-            # Merged once at load: decoding then costs what the base model costs.
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-            model_id = f"{spec.model}+{adapter.name}"
+            with local_adapter(spec.adapter) as adapter:
+                # Merged once at load: decoding then costs what the base model costs.
+                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+                model_id = f"{spec.model}+{adapter.name}"
         return cls(
             model,
             tokenizer,
@@ -239,9 +235,7 @@ class TransformersChatModel(ChatModel):
                 row.error = f"json_schema not supported by the grammar compiler: {exc}"
         return row
 
-    @torch.inference_mode()
     def _generate(self, rows: list[_Row]) -> None:
-        device = self.model.device
         width = max(len(row.prompt_ids) for row in rows)
         # Left padding: every row's next token sits in the same (last) column.
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -253,32 +247,18 @@ class TransformersChatModel(ChatModel):
         budgets = [row.budget for row in rows]
         mask = GrammarMask([row.grammar for row in rows], budgets, self.model.config.vocab_size)
         sampler = RowSampler([row.job.request for row in rows], self.stop_ids, [row.grammar is not None for row in rows])
-        config = GenerationConfig(
-            do_sample=False,  # RowSampler has already chosen each row's token
-            max_new_tokens=max(budgets),
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-        )
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            generation_config=config,
-            logits_processor=LogitsProcessorList([mask, sampler]),
-            stopping_criteria=StoppingCriteriaList([RowBudget(budgets, width)]),
-        )
+        generated = decode(self.model, input_ids, attention, budgets, self.stop_ids, self.pad_id, [mask, sampler])
         self.batches_run += 1
         self.rows_run += len(rows)
-        generated = out[:, width:].tolist()
         stops = set(self.stop_ids)
         for i, row in enumerate(rows):
-            tokens = generated[i][: row.budget]
-            end = next((k for k, t in enumerate(tokens) if t in stops), None)
-            body = tokens if end is None else tokens[:end]
+            tokens = generated[i]
+            stopped = bool(tokens) and tokens[-1] in stops
             row.completion = Completion(
-                text=self.tokenizer.decode(body, skip_special_tokens=True),
+                text=self.tokenizer.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=True),
                 prompt_tokens=len(row.prompt_ids),
-                completion_tokens=len(tokens) if end is None else end + 1,
-                finish_reason="length" if end is None else "stop",
+                completion_tokens=len(tokens),
+                finish_reason="stop" if stopped else "length",
                 model_id=self.model_id,
             )
             if mask.rejected[i]:
@@ -327,18 +307,6 @@ class RowSampler(LogitsProcessor):
             scores[i] = float("-inf")
             scores[i, token] = 0.0
         return scores
-
-
-class RowBudget(StoppingCriteria):
-    """Stops each row at its own max_tokens (generate's own limit is the batch's largest)."""
-
-    def __init__(self, budgets: list[int], prompt_len: int):
-        self._budgets = torch.tensor(budgets)
-        self._prompt_len = prompt_len
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self._prompt_len
-        return (generated >= self._budgets).to(input_ids.device)  # type: ignore[return-value]
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:

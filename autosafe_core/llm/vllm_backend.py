@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import os
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
@@ -38,8 +39,17 @@ class VLLMChatModel(ChatModel):
 
     streams = True
 
-    def __init__(self, engine: Any, *, model_id: str, lora_request: Any = None, log_stats: bool = False):
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        model_id: str,
+        lora_request: Any = None,
+        log_stats: bool = False,
+        resources: ExitStack | None = None,
+    ):
         self.engine = engine
+        self._resources = resources or ExitStack()  # what lives as long as the engine (an adapter's copy)
         self.model_id = model_id
         self.tokenizer = engine.get_tokenizer()
         self.lora_request = lora_request
@@ -64,22 +74,30 @@ class VLLMChatModel(ChatModel):
         args["structured_outputs_config"] = StructuredOutputsConfig(**structured)
         args.setdefault("disable_log_stats", True)
         model_id, lora_request = spec.model, None
-        if spec.adapter:
-            adapter = local_adapter(spec.adapter)
-            rank = adapter_rank(adapter)
-            args.setdefault("enable_lora", True)
-            args.setdefault("max_lora_rank", next((r for r in _LORA_RANKS if r >= rank), rank))
-            lora_request = LoRARequest(lora_name=adapter.name, lora_int_id=next(_lora_ids), lora_path=str(adapter))
-            model_id = f"{spec.model}+{adapter.name}"
-        try:
-            engine_args = AsyncEngineArgs(model=model_source(spec.model), **args)
-        except TypeError as exc:
-            raise ValueError(f"model options: not an AsyncEngineArgs field: {exc}") from None
-        # vLLM sizes its batches by usage context: the default engine context gets 128
-        # sequences and 2,048 tokens per step, the offline `LLM` class 1,024 and 16,384 on
-        # a large GPU. The factory is offline batch work: ask for the latter.
-        engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.LLM_CLASS)
-        return cls(engine, model_id=model_id, lora_request=lora_request, log_stats=not args["disable_log_stats"])
+        with ExitStack() as resources:
+            if spec.adapter:
+                # vLLM reads the adapter when a request first names it (and again if evicted).
+                adapter = resources.enter_context(local_adapter(spec.adapter))
+                rank = adapter_rank(adapter)
+                args.setdefault("enable_lora", True)
+                args.setdefault("max_lora_rank", next((r for r in _LORA_RANKS if r >= rank), rank))
+                lora_request = LoRARequest(lora_name=adapter.name, lora_int_id=next(_lora_ids), lora_path=str(adapter))
+                model_id = f"{spec.model}+{adapter.name}"
+            try:
+                engine_args = AsyncEngineArgs(model=model_source(spec.model), **args)
+            except TypeError as exc:
+                raise ValueError(f"model options: not an AsyncEngineArgs field: {exc}") from None
+            # vLLM sizes its batches by usage context: the default engine context gets 128
+            # sequences and 2,048 tokens per step, the offline `LLM` class 1,024 and 16,384 on
+            # a large GPU. The factory is offline batch work: ask for the latter.
+            engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.LLM_CLASS)
+            return cls(
+                engine,
+                model_id=model_id,
+                lora_request=lora_request,
+                log_stats=not args["disable_log_stats"],
+                resources=resources.pop_all(),
+            )
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         self._start_stats()
@@ -159,3 +177,4 @@ class VLLMChatModel(ChatModel):
         if self._stats_task is not None:
             self._stats_task.cancel()
         self.engine.shutdown()
+        self._resources.close()

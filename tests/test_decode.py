@@ -1,0 +1,111 @@
+"""The transformers backend's decode loop (`autosafe_core/llm/decode.py`): the tokens
+`model.generate` would choose with the same logits processors, while a finished row
+leaves the batch. A tiny random llama built from a config: seconds, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+
+from autosafe_core.llm.decode import decode
+
+VOCAB, PAD, STOP = 97, 0, 2
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=STOP,
+        pad_token_id=PAD,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+class StopAfter(LogitsProcessor):
+    """Row i must say STOP at its `at[i]`-th new token, and must not before it."""
+
+    def __init__(self, at: list[int | None], prompt_len: int):
+        self.at, self.prompt_len = at, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        made = input_ids.shape[1] - self.prompt_len
+        for i, at in enumerate(self.at):
+            if at is not None and made == at - 1:
+                scores[i] = float("-inf")
+                scores[i, STOP] = 0.0
+            else:
+                scores[i, STOP] = float("-inf")
+        return scores
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), PAD, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18, 19, 20, 21, 22]]
+BUDGETS = [12, 3, 20, 7]
+STOPS_AT = [5, None, None, 2]  # rows 0 and 3 stop early; rows 1 and 2 run to their budgets
+
+
+def reference(model: LlamaForCausalLM) -> list[list[int]]:
+    """`generate` on the whole batch, each row cut at its stop token or budget."""
+    ids, mask = left_padded(PROMPTS)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        generation_config=GenerationConfig(
+            do_sample=False, max_new_tokens=max(BUDGETS), eos_token_id=[STOP], pad_token_id=PAD
+        ),
+        logits_processor=LogitsProcessorList([StopAfter(STOPS_AT, ids.shape[1])]),
+    )[:, ids.shape[1] :].tolist()
+    rows = []
+    for tokens, budget in zip(out, BUDGETS, strict=True):
+        tokens = tokens[:budget]
+        rows.append(tokens[: tokens.index(STOP) + 1] if STOP in tokens else tokens)
+    return rows
+
+
+def test_the_tokens_are_generates_and_each_row_ends_at_its_stop_or_budget(model: LlamaForCausalLM) -> None:
+    ids, mask = left_padded(PROMPTS)
+    got = decode(model, ids, mask, BUDGETS, [STOP], PAD, [StopAfter(STOPS_AT, ids.shape[1])])
+    assert got == reference(model)
+    assert [len(t) for t in got] == [5, 3, 20, 2]
+    assert got[0][-1] == STOP and got[3][-1] == STOP and STOP not in got[1] + got[2]
+
+
+def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows_per_pass: list[int] = []
+    forward = model.forward
+
+    def counting(**kwargs):
+        rows_per_pass.append(kwargs["input_ids"].shape[0])
+        return forward(**kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    ids, mask = left_padded(PROMPTS)
+    decode(model, ids, mask, BUDGETS, [STOP], PAD, [StopAfter(STOPS_AT, ids.shape[1])])
+    # One pass per token of the longest row: all 4 rows until row 3 stops (token 2), then
+    # 3 until row 1's budget (3), 2 until row 0 stops (5), then row 2 alone to 20.
+    assert rows_per_pass == [4, 4, 3, 2, 2, *[1] * 15]
+
+
+def test_an_empty_batch_decodes_nothing(model: LlamaForCausalLM) -> None:
+    ids, mask = left_padded([[5, 6]])
+    assert decode(model, ids[:0], mask[:0], [], [STOP], PAD) == []
