@@ -48,7 +48,7 @@ from machine import cpu_model  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "factory-scale.json"
 SHARD_SIZE = int(os.environ.get("BENCH_SHARD_SIZE", "1000"))
-CONCURRENCY = 256
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "256"))
 
 
 def _config(storage: str, scenarios: int, runner: str = "ray"):

@@ -52,6 +52,28 @@ async def test_a_repeated_batch_costs_no_model_calls_and_returns_the_same_answer
     assert [c.text for c in second] == [c.text for c in first] == [f"answer to q{i}" for i in range(5)]
 
 
+async def test_over_a_streaming_engine_hits_come_at_once_and_each_miss_when_it_is_done(tmp_path):
+    inner = ScriptedModel(answer, delays={"slow": 60.0})  # finishes each request on its own
+    model = cached(tmp_path, inner)
+    await model.complete([request("known")])
+    assert model.streams
+    known, fast, slow = model.complete_each([request("known"), request("fast"), request("slow")])
+    assert known.done() and known.result().cached
+    assert (await fast).text == "answer to fast" and not (await fast).cached
+    assert not slow.done()  # 60 s away: the fast miss did not wait for it
+    slow.cancel()
+    (again,) = await model.complete([request("fast")])  # stored when it finished
+    assert again.cached and (model.hits, model.misses) == (2, 3)
+
+
+async def test_over_a_batch_engine_complete_each_is_one_call(tmp_path):
+    model = cached(tmp_path)
+    assert not model.streams
+    answers = await asyncio.gather(*model.complete_each([request("a"), request("b")]))
+    assert [a.text for a in answers] == ["answer to a", "answer to b"]
+    assert model.inner.batches == [2]
+
+
 async def test_hits_and_misses_are_counted_per_request(tmp_path):
     model = cached(tmp_path)
     await model.complete([request("a"), request("b")])

@@ -117,6 +117,21 @@ async def test_a_batch_answers_in_order():
     assert [json.loads(c.text)["echo"] for c in completions] == [f"q{i}" for i in range(12)]
 
 
+async def test_each_request_of_a_batch_is_handed_back_when_its_own_call_ends():
+    def slow(body: dict) -> bool:
+        return body["messages"][-1]["content"] == "slow"
+
+    with openai_server(held=slow) as server:
+        model = model_for(server.base_url, timeout_s=30.0)
+        assert model.streams  # so the engine pool streams a batch back, not waiting for its slowest
+        held, fast = model.complete_each([ask("slow"), ask("fast")])
+        assert json.loads((await fast).text) == {"echo": "fast"}
+        assert not held.done()  # still held by the server: the fast one did not wait for it
+        server.release()
+        assert json.loads((await held).text) == {"echo": "slow"}
+        await model.aclose()
+
+
 async def test_requests_in_flight_never_exceed_max_concurrency():
     with openai_server(delay_s=0.1) as server:
         model = model_for(server.base_url, max_concurrency=3)

@@ -5,7 +5,9 @@ included) and schema. Answers live in one SQLite file in WAL mode, so several
 processes of one machine (Ray workers, parallel shards) read and write it together;
 it is not for network file systems. Only successful completions are stored: an error
 is asked again next time. A hit is the stored completion with `cached=True`, token
-counts as first paid.
+counts as first paid. Over an engine that finishes a batch's requests one by one
+(`streams`: vLLM, an OpenAI-compatible server), `complete_each` hands hits back at
+once and each miss as the engine finishes it.
 
 The cache knows nothing of what a request means. A request sampled at temperature > 0
 without a seed has no single answer, yet it is cached like any other: a stage that
@@ -14,6 +16,8 @@ wants several samples of one prompt gives each its own seed.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import sqlite3
@@ -63,6 +67,36 @@ class CachedChatModel(ChatModel):
             for i, completion in zip(missing, fresh, strict=True):
                 results[i] = completion
         return [c for c in results if c is not None]
+
+    @property
+    def streams(self) -> bool:  # type: ignore[override]
+        return self.inner.streams
+
+    def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
+        """Hits at once; each miss when the inner model finishes it (stored then)."""
+        if not self.inner.streams:
+            return super().complete_each(requests)
+        keys = [r.cache_key(self.model_id) for r in requests]
+        stored = self._lookup(keys)
+        missing = [i for i, key in enumerate(keys) if key not in stored]
+        self.hits += len(requests) - len(missing)
+        self.misses += len(missing)
+        fresh = dict(zip(missing, self.inner.complete_each([requests[i] for i in missing]), strict=True))
+        loop = asyncio.get_running_loop()
+        each: list[asyncio.Future[Completion]] = []
+        for i, key in enumerate(keys):
+            if i in fresh:
+                fresh[i].add_done_callback(functools.partial(self._settle, key))
+                each.append(fresh[i])
+            else:
+                hit: asyncio.Future[Completion] = loop.create_future()
+                hit.set_result(stored[key].model_copy(update={"cached": True}))
+                each.append(hit)
+        return each
+
+    def _settle(self, key: str, done: asyncio.Future[Completion]) -> None:
+        if not done.cancelled() and done.exception() is None and done.result().ok:
+            self._store([(key, done.result())])
 
     async def aclose(self) -> None:
         await self.inner.aclose()

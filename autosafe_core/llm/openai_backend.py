@@ -86,6 +86,8 @@ def _schema_name(schema: dict[str, Any]) -> str:
 class OpenAIChatModel(ChatModel):
     """Chat completions from an OpenAI-compatible server, with retries and bounded concurrency."""
 
+    streams = True
+
     def __init__(
         self,
         model: str,
@@ -146,6 +148,11 @@ class OpenAIChatModel(ChatModel):
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         return list(await asyncio.gather(*(self._complete_one(r) for r in requests)))
+
+    def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
+        # Each request is its own HTTP call: each finishes on its own, and the engine pool
+        # hands it back then, not when the batch's slowest call (or retry) is done.
+        return [asyncio.ensure_future(self._complete_one(r)) for r in requests]
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():

@@ -74,6 +74,7 @@ class ModelServer:
         faults_at: Mapping[int, Fault],
         delay_s: float,
         hold_s: float,
+        held: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
@@ -87,6 +88,8 @@ class ModelServer:
         self._faults_at = dict(faults_at)
         self._delay_s = delay_s
         self._hold_s = hold_s
+        self._held = held
+        self._release = threading.Event()
         self.base_url = ""
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []
@@ -95,6 +98,10 @@ class ModelServer:
         self.peak_in_flight = 0
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
+
+    def release(self) -> None:
+        """Let the calls that `held` holds answer."""
+        self._release.set()
 
     def fault_for(self, index: int) -> Fault | None:
         """The fault for the call that arrives `index`-th (from 0), or None."""
@@ -125,6 +132,8 @@ class ModelServer:
                 await _hold_until_disconnect(request, self._hold_s)
             if self._delay_s:
                 await asyncio.sleep(self._delay_s)
+            if self._held is not None and self._held(body):
+                await asyncio.to_thread(self._release.wait, self._hold_s)
             reply = self._responder(body)
             reply = reply if isinstance(reply, Reply) else Reply(content=reply)
             if reply.status != 200:
@@ -217,6 +226,7 @@ def openai_server(
     faults_at: Mapping[int, Fault] | None = None,
     delay_s: float = 0.0,
     hold_s: float = 30.0,
+    held: Callable[[dict[str, Any]], bool] | None = None,
     startup_timeout_s: float = 20.0,
 ) -> Iterator[ModelServer]:
     """A started server for the duration of the block; stopped, with its thread joined, after.
@@ -225,6 +235,7 @@ def openai_server(
     faults_at: arrival number -> fault, overriding the draw (e.g. {0: "timeout"}).
     delay_s: how long every answer takes (a slow model), for concurrency tests.
     hold_s: the longest a `timeout` fault holds a response when the client does not hang up.
+    held: calls whose body it matches wait for `server.release()` (at most hold_s) before answering.
     """
     server = ModelServer(
         responder,
@@ -234,6 +245,7 @@ def openai_server(
         faults_at=faults_at or {},
         delay_s=delay_s,
         hold_s=hold_s,
+        held=held,
     )
     # Bound here, handed to uvicorn: the port is ours before the thread starts, no race for it.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
