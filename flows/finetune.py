@@ -42,6 +42,7 @@ from autosafe_core.training.train import STEP_EVENT
 from flows import progress
 from flows.config import FactoryConfig
 from flows.pipeline import ShardsFailed, make_run
+from flows.runtime import check_cluster_storage
 
 STAGE = "finetune"
 """The stage of the `training` table's rows, and the folder of the run's jobs."""
@@ -85,6 +86,8 @@ def finetune_flow(config: FactoryConfig) -> RunManifest:
 
 def _train(job: TrainJob, folder: JobFolder, ray_address: str | None, run: Run) -> dict[str, Any]:
     """Launch the job and return its result; on failure, record why in the manifest and raise."""
+    if ray_address:
+        join_ray(ray_address, job.output)  # before anything is written
     folder.write_json(job.model_dump(mode="json"), "job.json")
     get_run_logger().info("run %s: training job %s in %s", run.run_id, job.train_id, folder.uri())
     try:
@@ -237,6 +240,15 @@ def _cause(lines: list[str]) -> str:
     return (found or [line for line in lines if line.strip()] or ["no output"])[-1].strip()
 
 
+def join_ray(address: str, output: StorageConfig) -> None:
+    """Connect to the cluster at `address`; UnsharedStorage when its nodes cannot all see `output`."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace="autosafe", log_to_driver=True)
+    check_cluster_storage(output)
+
+
 def launch_ray(job: TrainJob, address: str) -> None:
     """Run the job on a Ray cluster through Ray Train's TorchTrainer: one worker per GPU (or `processes`)."""
     import ray
@@ -245,8 +257,7 @@ def launch_ray(job: TrainJob, address: str) -> None:
 
     from autosafe_core.training.train import ray_worker
 
-    if not ray.is_initialized():
-        ray.init(address=address, namespace="autosafe", log_to_driver=True)
+    join_ray(address, job.output)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     workers = job.training.processes or max(1, gpus)
     trainer = TorchTrainer(

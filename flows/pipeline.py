@@ -26,6 +26,7 @@ from autosafe_core.stages import generate, rollout, safe_actions
 from autosafe_core.store import Run, RunManifest, ShardRef, committed_shards, config_hash, read_manifest, update_manifest
 from flows.config import FactoryConfig
 from flows.progress import console as progress_console
+from flows.runtime import check_cluster_storage
 from flows.summary_artifact import publish_summary
 from tasks import dataset
 from tasks.common import catalog
@@ -91,6 +92,8 @@ def run_pipeline(config: FactoryConfig, stages: Iterable[str]) -> RunManifest:
     """
     wanted = [s for s in ALL_STAGES if s in set(stages)]
     config.check_against(catalog())
+    if config.runner == "ray":
+        check_cluster_storage(config.storage)
     run = make_run(config)
     update_manifest(run, config=config.content())  # refuses a run id made under another config
     todo = _todo(run, config, wanted)

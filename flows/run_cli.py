@@ -86,14 +86,14 @@ def start(flow_name: str, config: FactoryConfig) -> RunManifest:
     """Run the flow under a Prefect API; user mistakes found on the way exit 2."""
     from flows.data_flows import launch
     from flows.pipeline import MissingInput, ShardsFailed
-    from flows.runtime import prefect_api
+    from flows.runtime import UnsharedStorage, prefect_api
 
     console = Console(stderr=True, soft_wrap=True)
     console.print(f"[bold]autosafe {flow_name}[/]: run {config.run_id} -> {config.storage.uri}")
     with prefect_api():
         try:
             manifest = launch(flow_name, config, console)
-        except (ConfigChanged, MissingInput) as exc:
+        except (ConfigChanged, MissingInput, UnsharedStorage) as exc:
             raise fail(str(exc)) from None
         except ShardsFailed as exc:
             typer.echo(f"autosafe: {exc}", err=True)

@@ -98,6 +98,31 @@ def unshared_storage(ray_address: str | None, storage: StorageConfig) -> str | N
     )
 
 
+class UnsharedStorage(ValueError):
+    """The Ray cluster the run joined spans several nodes, and its storage is a local folder."""
+
+
+def check_cluster_storage(storage: StorageConfig) -> None:
+    """Raise UnsharedStorage when the Ray this process is connected to has nodes besides
+    this one and `storage` is a local folder.
+
+    `unshared_storage` catches a remote address before anything starts; an address that
+    looks local (`auto`, this machine's own head node) may still lead to a cluster whose
+    other nodes would write shards to their own disks. Asked once Ray is up, before the
+    run writes anything.
+    """
+    import ray
+
+    if storage.is_s3 or not ray.is_initialized():
+        return
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1:
+        raise UnsharedStorage(
+            f"field 'storage': the Ray cluster has {nodes} nodes and storage is the local folder {storage.uri}, "
+            "which the other nodes cannot see; give an s3:// URI (any S3-compatible store, see infra/ray/README.md)"
+        )
+
+
 _LOOPBACK = {"auto", "localhost", "127.0.0.1", "::1", ""}
 
 

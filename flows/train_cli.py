@@ -69,7 +69,7 @@ def train(
         field = ".".join(str(p) for p in first["loc"]) or "config"
         raise fail(f"{where}field {field!r}: {first['msg'].removeprefix('Value error, ')}") from None
     from flows.finetune import NothingToTrain, TrainingFailed, finetune_flow, plan
-    from flows.runtime import prefect_api, unreachable_api, unshared_storage
+    from flows.runtime import UnsharedStorage, prefect_api, unreachable_api, unshared_storage
 
     try:
         job = plan(factory)
@@ -94,6 +94,8 @@ def train(
             except TrainingFailed as exc:
                 typer.echo(f"autosafe: {exc}", err=True)
                 raise typer.Exit(1) from None
+            except UnsharedStorage as exc:
+                raise fail(f"--ray-address: {exc}") from None
     finally:
         progress.set_console(None)
     training = result.extra["training"]

@@ -153,3 +153,31 @@ def test_a_remote_cluster_needs_storage_every_node_reaches(monkeypatch, tmp_path
     assert not (tmp_path / "data").exists()
     # The same folder with a cluster on this machine is fine: every worker sees this disk.
     assert resolve_config(None, {"ray_address": "127.0.0.1:6379"}, str(tmp_path / "data"), None)
+
+
+@pytest.fixture
+def two_node_ray(monkeypatch):
+    """A real Ray cluster of two nodes on this machine (Ray's own `cluster_utils`)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_cluster_of_several_nodes_refuses_a_local_folder_before_writing(prefect_server, two_node_ray, tmp_path):
+    # `auto` joins the cluster this machine is part of: its address alone says nothing of its nodes.
+    config = scripted_file(tmp_path, runner="ray")
+    storage = tmp_path / "data"
+    result = invoke("generate", "--config", str(config), "--storage", str(storage), "--ray-address", "auto")
+    assert result.exit_code == 2, result.output
+    message = result.output.strip().splitlines()[-1]
+    assert "field 'storage'" in message and "2 nodes" in message and "s3://" in message, message
+    assert not storage.exists()
