@@ -11,7 +11,7 @@ Prefect server that this command starts. The measured kinds:
 
 - factory: the `generate` and `rollout` stages through the shard pipeline (Ray task
   runner, engines in a Ray actor, Parquet commits), shards of 1,000 scenarios
-  (BENCH_SHARD_SIZE overrides), 256 model calls in flight per shard, on a
+  (BENCH_SHARD_SIZE overrides), 256 model calls in flight per shard (BENCH_CONCURRENCY), on a
   local Ray started before the clock (a running cluster, as large runs have);
 - factory-cold: the same, once, with the run starting Ray itself (a laptop's first
   run); the difference is Ray's start-up;
