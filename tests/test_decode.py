@@ -1,9 +1,16 @@
 """The transformers backend's decode loop (`autosafe_core/llm/decode.py`): the tokens
 `model.generate` would choose with the same logits processors, while a finished row
-leaves the batch. A tiny random llama built from a config: seconds, nothing downloaded.
+leaves the batch. A tiny random llama built from a config: seconds, nothing downloaded;
+and the benchmark of the loop against `generate` (bench/transformers_decode.py) at its
+quick size on SmolLM2.
 """
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +18,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Logits
 
 from autosafe_core.llm.decode import decode
 
+REPO = Path(__file__).resolve().parent.parent
 VOCAB, PAD, STOP = 97, 0, 2
 
 
@@ -109,3 +117,18 @@ def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, monkeypatch: p
 def test_an_empty_batch_decodes_nothing(model: LlamaForCausalLM) -> None:
     ids, mask = left_padded([[5, 6]])
     assert decode(model, ids[:0], mask[:0], [], [STOP], PAD) == []
+
+
+@pytest.mark.slow
+def test_the_decode_benchmark_runs_quick_on_smollm2_and_both_paths_choose_the_same_tokens(tmp_path):
+    out = tmp_path / "transformers-decode.json"
+    done = subprocess.run(
+        [sys.executable, "bench/transformers_decode.py", "--quick", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["same_tokens"] is True and result["rows"] == 4
+    made, budgets = result["generated_tokens_per_row"], result["budgets"]
+    assert all(1 <= n <= b for n, b in zip(made, budgets, strict=True)), (made, budgets)
+    assert result["loop_tokens_per_s"] > 0 and result["generate_tokens_per_s"] > 0 and result["speedup_vs_generate"] > 0
