@@ -37,9 +37,8 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 
 from autosafe_core.llm.base import ChatRequest, Message, SamplingParams  # noqa: E402
 from autosafe_core.llm.decode import decode  # noqa: E402
-from autosafe_core.llm.grammar import GrammarMask  # noqa: E402
 from autosafe_core.llm.registry import ModelSpec  # noqa: E402
-from autosafe_core.llm.transformers_backend import RowSampler, TransformersChatModel, _Job  # noqa: E402
+from autosafe_core.llm.transformers_backend import TransformersChatModel, _Job  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "transformers-decode.json"
@@ -88,21 +87,12 @@ class _RowBudget(StoppingCriteria):
 
 
 def batch(model: TransformersChatModel, reqs: list[ChatRequest]):
+    """The backend's own inputs for one batch of `reqs` (as `_generate` builds them)."""
     loop = asyncio.new_event_loop()
     rows = [model._prepare(_Job(r, loop.create_future(), loop)) for r in reqs]
     loop.close()
-    width = max(len(r.prompt_ids) for r in rows)
-    ids = torch.full((len(rows), width), model.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-        mask[i, width - len(row.prompt_ids) :] = 1
-    budgets = [row.budget for row in rows]
-    processors = [
-        GrammarMask([row.grammar for row in rows], budgets, model.model.config.vocab_size),
-        RowSampler(reqs, model.stop_ids, [row.grammar is not None for row in rows]),
-    ]
-    return ids, mask, budgets, processors, [len(r.prompt_ids) for r in rows]
+    ids, mask, budgets, grammar, sampler = model.batch_inputs(rows)
+    return ids, mask, budgets, [grammar, sampler], [len(r.prompt_ids) for r in rows]
 
 
 def with_generate(model: TransformersChatModel, reqs: list[ChatRequest]) -> list[list[int]]:

@@ -92,7 +92,7 @@ def _train(job: TrainJob, folder: JobFolder, ray_address: str | None, run: Run) 
     get_run_logger().info("run %s: training job %s in %s", run.run_id, job.train_id, folder.uri())
     try:
         if ray_address:
-            launch_ray(job, ray_address)
+            launch_ray(job)
         else:
             launch_local(job, folder)
         result = folder.read_json(RESULT)
@@ -249,15 +249,15 @@ def join_ray(address: str, output: StorageConfig) -> None:
     check_cluster_storage(output)
 
 
-def launch_ray(job: TrainJob, address: str) -> None:
-    """Run the job on a Ray cluster through Ray Train's TorchTrainer: one worker per GPU (or `processes`)."""
+def launch_ray(job: TrainJob) -> None:
+    """Run the job on the Ray cluster `join_ray` joined, through Ray Train's TorchTrainer: one worker
+    per GPU (or `processes`)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from autosafe_core.training.train import ray_worker
 
-    join_ray(address, job.output)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     workers = job.training.processes or max(1, gpus)
     trainer = TorchTrainer(

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from autosafe_core.llm.decode import decode
+from autosafe_core.llm.decode import decode, left_padded
+from tests.support.tiny_llama import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB, PAD, STOP = 97, 0, 2
@@ -24,13 +25,8 @@ VOCAB, PAD, STOP = 97, 0, 2
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_config(
+        VOCAB,
         max_position_embeddings=256,
         bos_token_id=1,
         eos_token_id=STOP,
@@ -57,16 +53,6 @@ class StopAfter(LogitsProcessor):
         return scores
 
 
-def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), PAD, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    return ids, mask
-
-
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18, 19, 20, 21, 22]]
 BUDGETS = [12, 3, 20, 7]
 STOPS_AT = [5, None, None, 2]  # rows 0 and 3 stop early; rows 1 and 2 run to their budgets
@@ -74,7 +60,7 @@ STOPS_AT = [5, None, None, 2]  # rows 0 and 3 stop early; rows 1 and 2 run to th
 
 def reference(model: LlamaForCausalLM) -> list[list[int]]:
     """`generate` on the whole batch, each row cut at its stop token or budget."""
-    ids, mask = left_padded(PROMPTS)
+    ids, mask = left_padded(PROMPTS, PAD)
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,
@@ -91,7 +77,7 @@ def reference(model: LlamaForCausalLM) -> list[list[int]]:
 
 
 def test_the_tokens_are_generates_and_each_row_ends_at_its_stop_or_budget(model: LlamaForCausalLM) -> None:
-    ids, mask = left_padded(PROMPTS)
+    ids, mask = left_padded(PROMPTS, PAD)
     got = decode(model, ids, mask, BUDGETS, [STOP], PAD, [StopAfter(STOPS_AT, ids.shape[1])])
     assert got == reference(model)
     assert [len(t) for t in got] == [5, 3, 20, 2]
@@ -107,7 +93,7 @@ def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, monkeypatch: p
         return forward(**kwargs)
 
     monkeypatch.setattr(model, "forward", counting)
-    ids, mask = left_padded(PROMPTS)
+    ids, mask = left_padded(PROMPTS, PAD)
     decode(model, ids, mask, BUDGETS, [STOP], PAD, [StopAfter(STOPS_AT, ids.shape[1])])
     # One pass per token of the longest row: all 4 rows until row 3 stops (token 2), then
     # 3 until row 1's budget (3), 2 until row 0 stops (5), then row 2 alone to 20.
@@ -115,7 +101,7 @@ def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, monkeypatch: p
 
 
 def test_an_empty_batch_decodes_nothing(model: LlamaForCausalLM) -> None:
-    ids, mask = left_padded([[5, 6]])
+    ids, mask = left_padded([[5, 6]], PAD)
     assert decode(model, ids[:0], mask[:0], [], [STOP], PAD) == []
 
 

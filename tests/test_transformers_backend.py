@@ -14,12 +14,13 @@ from typing import Literal
 import pytest
 import torch
 from pydantic import BaseModel, Field
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from autosafe_core.llm.base import ChatRequest, Message, SamplingParams
 from autosafe_core.llm.registry import ModelSpec
 from autosafe_core.llm.smollm2 import default_cache_dir, ensure_smollm2
 from autosafe_core.llm.transformers_backend import TransformersChatModel
+from tests.support.tiny_llama import tiny_config
 
 
 class Judgement(BaseModel):
@@ -49,13 +50,8 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="module")
 def tiny_parts(smollm2_dir: Path) -> tuple[LlamaForCausalLM, object]:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_config(
+        len(tokenizer),
         max_position_embeddings=1024,
         bos_token_id=1,
         eos_token_id=2,

@@ -53,14 +53,7 @@ class CachedChatModel(ChatModel):
         return f"CachedChatModel({self.inner!r}, directory={str(self.directory)!r})"
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
-        keys = [r.cache_key(self.model_id) for r in requests]
-        stored = self._lookup(keys)
-        results: list[Completion | None] = [
-            stored[k].model_copy(update={"cached": True}) if k in stored else None for k in keys
-        ]
-        missing = [i for i, c in enumerate(results) if c is None]
-        self.hits += len(requests) - len(missing)
-        self.misses += len(missing)
+        keys, results, missing = self._split(requests)
         if missing:
             fresh = await self.inner.complete([requests[i] for i in missing])
             self._store([(keys[i], c) for i, c in zip(missing, fresh, strict=True) if c.ok])
@@ -76,23 +69,31 @@ class CachedChatModel(ChatModel):
         """Hits at once; each miss when the inner model finishes it (stored then)."""
         if not self.inner.streams:
             return super().complete_each(requests)
-        keys = [r.cache_key(self.model_id) for r in requests]
-        stored = self._lookup(keys)
-        missing = [i for i, key in enumerate(keys) if key not in stored]
-        self.hits += len(requests) - len(missing)
-        self.misses += len(missing)
+        keys, results, missing = self._split(requests)
         fresh = dict(zip(missing, self.inner.complete_each([requests[i] for i in missing]), strict=True))
         loop = asyncio.get_running_loop()
         each: list[asyncio.Future[Completion]] = []
-        for i, key in enumerate(keys):
-            if i in fresh:
+        for i, (key, hit) in enumerate(zip(keys, results, strict=True)):
+            if hit is None:
                 fresh[i].add_done_callback(functools.partial(self._settle, key))
                 each.append(fresh[i])
             else:
-                hit: asyncio.Future[Completion] = loop.create_future()
-                hit.set_result(stored[key].model_copy(update={"cached": True}))
-                each.append(hit)
+                done: asyncio.Future[Completion] = loop.create_future()
+                done.set_result(hit)
+                each.append(done)
         return each
+
+    def _split(self, requests: list[ChatRequest]) -> tuple[list[str], list[Completion | None], list[int]]:
+        """Each request's key, its stored completion (None on a miss), and where the misses are; counted."""
+        keys = [r.cache_key(self.model_id) for r in requests]
+        stored = self._lookup(keys)
+        results: list[Completion | None] = [
+            stored[k].model_copy(update={"cached": True}) if k in stored else None for k in keys
+        ]
+        missing = [i for i, c in enumerate(results) if c is None]
+        self.hits += len(requests) - len(missing)
+        self.misses += len(missing)
+        return keys, results, missing
 
     def _settle(self, key: str, done: asyncio.Future[Completion]) -> None:
         if not done.cancelled() and done.exception() is None and done.result().ok:

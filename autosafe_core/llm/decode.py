@@ -23,6 +23,18 @@ from transformers import DynamicCache
 Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """The prompts as one batch and its attention mask, padded on the left: every row's
+    next token sits in the same (last) column."""
+    width = max((len(p) for p in prompts), default=0)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        attention[i, width - len(prompt) :] = 1
+    return input_ids, attention
+
+
 @torch.inference_mode()
 def decode(
     model: torch.nn.Module,
@@ -69,8 +81,9 @@ def decode(
             break
         if bool(finished.any()):
             keep = (~finished).nonzero().squeeze(1)
-            cache.batch_select_indices(keep.to(device))
-            mask = mask[keep.to(device)]
+            kept = keep.to(device)
+            cache.batch_select_indices(kept)
+            mask = mask[kept]
             live = live[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         step_ids = chosen[live][:, None].to(device)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import LogitsProcessor
 
 from autosafe_core.llm.base import ChatModel, ChatRequest, Completion
-from autosafe_core.llm.decode import decode
+from autosafe_core.llm.decode import decode, left_padded
 from autosafe_core.llm.grammar import GrammarMask, SchemaGrammars
 from autosafe_core.llm.local_weights import local_adapter, model_source
 from autosafe_core.llm.registry import ModelSpec
@@ -236,17 +236,7 @@ class TransformersChatModel(ChatModel):
         return row
 
     def _generate(self, rows: list[_Row]) -> None:
-        width = max(len(row.prompt_ids) for row in rows)
-        # Left padding: every row's next token sits in the same (last) column.
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row.prompt_ids)
-            input_ids[i, width - n :] = torch.tensor(row.prompt_ids, dtype=torch.long)
-            attention[i, width - n :] = 1
-        budgets = [row.budget for row in rows]
-        mask = GrammarMask([row.grammar for row in rows], budgets, self.model.config.vocab_size)
-        sampler = RowSampler([row.job.request for row in rows], self.stop_ids, [row.grammar is not None for row in rows])
+        input_ids, attention, budgets, mask, sampler = self.batch_inputs(rows)
         generated = decode(self.model, input_ids, attention, budgets, self.stop_ids, self.pad_id, [mask, sampler])
         self.batches_run += 1
         self.rows_run += len(rows)
@@ -263,6 +253,14 @@ class TransformersChatModel(ChatModel):
             )
             if mask.rejected[i]:
                 row.error = "grammar rejected a generated token"
+
+    def batch_inputs(self, rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor, list[int], GrammarMask, RowSampler]:
+        """Prompts (left-padded), attention mask, budgets and the two logits processors of one batch."""
+        input_ids, attention = left_padded([row.prompt_ids for row in rows], self.pad_id)
+        budgets = [row.budget for row in rows]
+        mask = GrammarMask([row.grammar for row in rows], budgets, self.model.config.vocab_size)
+        sampler = RowSampler([row.job.request for row in rows], self.stop_ids, [row.grammar is not None for row in rows])
+        return input_ids, attention, budgets, mask, sampler
 
     def _failed(self, reason: str) -> Completion:
         return Completion(model_id=self.model_id, error=reason)
