@@ -68,6 +68,7 @@ class RssWatch:
         self._me = psutil.Process()
         self.peak_total_mb = 0.0
         self.peak_process_mb = 0.0
+        self.peak_by_process: dict[int, tuple[float, str]] = {}  # pid -> its peak and latest name
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -79,10 +80,13 @@ class RssWatch:
             for p in [self._me, *self._me.children(recursive=True)]:
                 try:
                     rss = p.memory_info().rss
+                    name = p.name()  # Ray renames a worker after the task it runs
                 except psutil.Error:
                     continue
                 total += rss
                 self.peak_process_mb = max(self.peak_process_mb, rss / 2**20)
+                peak = max(self.peak_by_process.get(p.pid, (0.0, ""))[0], rss / 2**20)
+                self.peak_by_process[p.pid] = (peak, name)
             self.peak_total_mb = max(self.peak_total_mb, total / 2**20)
 
     def __enter__(self) -> RssWatch:
@@ -124,6 +128,7 @@ def measure_factory(scenarios: int, cold: bool = False) -> dict:
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "all_processes_peak_rss_mb": watch.peak_total_mb,
         "largest_process_peak_rss_mb": watch.peak_process_mb,
+        "processes_over_50mb": sorted([round(mb), name] for mb, name in watch.peak_by_process.values() if mb > 50),
     }
 
 

@@ -6,10 +6,13 @@ import json
 
 from autosafe_core import rows
 from autosafe_core.llm.base import ChatRequest, Completion
+from autosafe_core.llm.scripted import ScriptedModel
 from autosafe_core.ots import Action, SafeSample, SafetyLabel, Step, StopReason, Trajectory, Verdict
 from autosafe_core.stages.safe_actions import SafeActionConfig, SafeActionModels, safe_sample_id, sample_safe_actions
 from autosafe_core.stages.common import seed_for
-from tests.support.method import SAFE, UNSAFE, call, final, judged, scenario, scripted, toy_catalog, user_text
+from tests.support.method import (
+    SAFE, UNSAFE, RoleScript, call, final, judged, scenario, scripted, toy_catalog, user_text,
+)
 
 CATALOG = toy_catalog()
 SCENARIO = scenario("scn-1")
@@ -173,7 +176,7 @@ async def test_safe_samples_round_trip_through_arrow_rows() -> None:
     assert rows.from_table(SafeSample, rows.to_table(result.rows, SafeSample)) == result.rows
 
 
-async def test_parallel_candidates_are_all_sampled_and_the_first_accepted_in_order_wins() -> None:
+async def test_parallel_candidates_all_start_and_the_first_accepted_in_order_wins() -> None:
     # Candidate 0 deletes, candidates 1 and 2 ask: told apart by their seeds, not by timing.
     sid = safe_sample_id("traj-1", SafeActionConfig(reflection_rounds=0, candidates=3, parallel_candidates=True))
     seeds = {seed_for(sid, c): c for c in range(3)}
@@ -184,6 +187,69 @@ async def test_parallel_candidates_are_all_sampled_and_the_first_accepted_in_ord
 
     result, _, script = await run(agent, reflection_rounds=0, candidates=3, parallel_candidates=True)
     (s,) = result.rows
-    assert script.asked["agent"] == 3 and s.attempts == 3
-    assert [r.verdict.score for r in s.reflections] == [0, 3, 3]
+    assert script.asked["agent"] == 3  # all three at once
+    assert [r.verdict.score for r in s.reflections] == [0, 3] and s.attempts == 2  # the chain stops at the winner
     assert s.accepted and s.safe_action == s.reflections[1].candidate
+
+
+def varied_script(trajectories: list[Trajectory]) -> dict:
+    """Role scripts whose answers depend on the trajectory and the candidate's index, not on the
+    seed (the sample id, and so the seeds, include `parallel_candidates`): ask first (safe),
+    delete a folder the reflector talks the agent out of, or delete home, which the reflector
+    only narrows (still unsafe)."""
+    actions = [ASK, call("TerminalDeletePath", path="~/keep"), call("TerminalDeletePath", path="~")]
+    candidate = {}
+    for parallel in (False, True):
+        cfg = SafeActionConfig(candidates=4, reflection_rounds=1, parallel_candidates=parallel)
+        for i, t in enumerate(trajectories):
+            for c in range(4):
+                candidate[seed_for(safe_sample_id(t.id, cfg), c)] = (i, c)
+
+    def agent(request: ChatRequest) -> str:
+        i, c = candidate[request.sampling.seed]
+        return json.dumps(actions[(i + c * (i % 4 + 1)) % 3])
+
+    def reflector(request: ChatRequest) -> dict:
+        if "~/keep" in user_text(request):
+            return REFLECTED
+        return {"critique": "still risky", "revised_action": call("TerminalDeletePath", path="~/x")}
+
+    return {"agent": agent, "reflector": reflector}
+
+
+async def test_parallel_candidates_give_the_chains_of_sampling_in_turn() -> None:
+    trajectories = [triggered(f"t{i}") for i in range(24)]
+    script = varied_script(trajectories)
+    settings = dict(trajectories=trajectories, candidates=4, reflection_rounds=1)
+    in_turn, _, _ = await run(script["agent"], reflector=script["reflector"], **settings)
+    at_once, model, _ = await run(script["agent"], reflector=script["reflector"], parallel_candidates=True, **settings)
+
+    def content(samples: list[SafeSample]) -> list[dict]:
+        # Ids differ with the setting; provenance counts the calls spent, the stopped candidates' too.
+        return [s.model_dump(exclude={"id", "provenance"}) for s in samples]
+
+    assert content(at_once.rows) == content(in_turn.rows)
+    outcomes = {(s.accepted, s.attempts) for s in in_turn.rows}
+    assert len(outcomes) > 3  # accepted at once, after a reflection, after several candidates, or never
+    assert model.in_flight == 0  # nothing of a stopped candidate runs on
+
+
+async def test_a_parallel_candidate_after_the_accepted_one_is_stopped_before_its_next_call() -> None:
+    # Candidate 0 asks (accepted at its first verdict); candidate 1 deletes, and its verdict is slow:
+    # it is stopped while waiting, so its reflection is never asked.
+    sid = safe_sample_id("traj-1", SafeActionConfig(reflection_rounds=1, candidates=2, parallel_candidates=True))
+    seeds = {seed_for(sid, c): c for c in range(2)}
+
+    def agent(request: ChatRequest) -> str:
+        return json.dumps(ASK if seeds[request.sampling.seed] == 0 else call("TerminalDeletePath", path="~/slow"))
+
+    script = RoleScript(agent=agent, reflector=REFLECTED, evaluator=judge_asking_safe)
+    model = ScriptedModel(script, delays={"~/slow": 600.0})  # stopped long before: the test does not wait
+    result = await sample_safe_actions(
+        [triggered()], {SCENARIO.id: SCENARIO}, SafeActionModels(agent=model, evaluator=model, reflector=model),
+        CATALOG, SafeActionConfig(candidates=2, reflection_rounds=1, parallel_candidates=True),
+    )
+    (s,) = result.rows
+    assert s.accepted and s.attempts == 1 and s.safe_action.answer == ASK["answer"]
+    assert script.asked == {"agent": 2, "evaluator": 1}  # the slow verdict never came, no reflection asked
+    assert model.in_flight == 0

@@ -12,9 +12,13 @@ actions judged.
 
 By default candidates are sampled one after another, stopping at the first accepted
 one: most triggers need one or two, so this spends the fewest calls. With
-`parallel_candidates` all k are sampled at once and the first accepted in candidate
-order wins: more calls, but the latency of one candidate instead of k, which is what
-a slow engine (a small model on a CPU) needs. Knows nothing about shards or storage.
+`parallel_candidates` all k start at once and the first accepted in candidate order
+wins: once candidate c is accepted and none before it was, the later ones are stopped
+(their calls not yet sent are never sent), so the chain is candidates 0..c, as in turn,
+at the latency of the slowest of them instead of their sum. What a slow engine (a small
+model on a CPU) needs; the calls the stopped candidates had already made are counted in
+the usage. The setting is part of the sample id, and so of its seeds. Knows nothing
+about shards or storage.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ class SafeActionConfig(BaseModel):
     seed: int = Field(0, description="Part of every sample id and sampling seed.")
     retries: int = Field(1, ge=0, le=5, description="Times a rejected answer is asked again, with the reason.")
     parallel_candidates: bool = Field(
-        False, description="Sample all k candidates at once (latency of one, more calls) instead of in turn."
+        False,
+        description="Start all k candidates at once and stop the later ones at the first accepted: the chain "
+        "sampling in turn would give, at the latency of one candidate, for some calls more.",
     )
 
 
@@ -186,13 +192,19 @@ async def _sample(
 
     chain: list[ReflectionRound] = []
     if cfg.parallel_candidates:
-        # All k at once: one step of latency per round instead of k; the first accepted
-        # in candidate order wins, and every attempt stays in the chain.
-        attempts = await asyncio.gather(*(attempt(c) for c in range(cfg.candidates)))
-        for rounds, _ in attempts:
-            chain.extend(rounds)
-        safe = next((ok for _, ok in attempts if ok is not None), None)
-        return _row(sid, scenario, trajectory, before, trigger, chain, safe, ledger)
+        # All k at once, read in candidate order: the first accepted stops the ones after it.
+        started = [asyncio.ensure_future(attempt(c)) for c in range(cfg.candidates)]
+        try:
+            for task in started:
+                rounds, safe = await task
+                chain.extend(rounds)
+                if safe is not None:
+                    return _row(sid, scenario, trajectory, before, trigger, chain, safe, ledger)
+        finally:
+            for task in started:
+                task.cancel()
+            await asyncio.gather(*started, return_exceptions=True)
+        return _row(sid, scenario, trajectory, before, trigger, chain, None, ledger)
     for c in range(cfg.candidates):
         rounds, safe = await attempt(c)
         chain.extend(rounds)
