@@ -67,7 +67,6 @@ class RssWatch:
 
         self._me = psutil.Process()
         self.peak_total_mb = 0.0
-        self.peak_process_mb = 0.0
         self.peak_by_process: dict[int, tuple[float, str]] = {}  # pid -> its peak and latest name
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -84,10 +83,13 @@ class RssWatch:
                 except psutil.Error:
                     continue
                 total += rss
-                self.peak_process_mb = max(self.peak_process_mb, rss / 2**20)
                 peak = max(self.peak_by_process.get(p.pid, (0.0, ""))[0], rss / 2**20)
                 self.peak_by_process[p.pid] = (peak, name)
             self.peak_total_mb = max(self.peak_total_mb, total / 2**20)
+
+    @property
+    def peak_process_mb(self) -> float:
+        return max((peak for peak, _ in self.peak_by_process.values()), default=0.0)
 
     def __enter__(self) -> RssWatch:
         self._thread.start()

@@ -1,6 +1,6 @@
 """The transformers backend's decode loop against `model.generate`, on the embedded default.
 
-    .venv/bin/python bench/transformers_decode.py           # 8 rows, quickstart-sized, 2 rounds (~5 min)
+    .venv/bin/python bench/transformers_decode.py           # 8 rows, quickstart-sized, 2 rounds (~7 min)
     .venv/bin/python bench/transformers_decode.py --quick   # 4 short rows, 1 round: a check that it runs
 
 One batch shaped like the quickstart's (SmolLM2-135M on the CPU): prompts of about

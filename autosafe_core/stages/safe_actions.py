@@ -190,27 +190,22 @@ async def _sample(
             rounds.append(await judged(reflection.action, f"candidate {c} revision {r}"))
         return rounds, (rounds[-1] if accepted(rounds[-1]) else None)
 
+    # In turn by default; with parallel_candidates all k start now and are read in the same
+    # order, the first accepted stopping the ones after it.
+    started = [asyncio.ensure_future(attempt(c)) for c in range(cfg.candidates)] if cfg.parallel_candidates else []
     chain: list[ReflectionRound] = []
-    if cfg.parallel_candidates:
-        # All k at once, read in candidate order: the first accepted stops the ones after it.
-        started = [asyncio.ensure_future(attempt(c)) for c in range(cfg.candidates)]
-        try:
-            for task in started:
-                rounds, safe = await task
-                chain.extend(rounds)
-                if safe is not None:
-                    return _row(sid, scenario, trajectory, before, trigger, chain, safe, ledger)
-        finally:
-            for task in started:
-                task.cancel()
-            await asyncio.gather(*started, return_exceptions=True)
-        return _row(sid, scenario, trajectory, before, trigger, chain, None, ledger)
-    for c in range(cfg.candidates):
-        rounds, safe = await attempt(c)
-        chain.extend(rounds)
-        if safe is not None:
-            return _row(sid, scenario, trajectory, before, trigger, chain, safe, ledger)
-    return _row(sid, scenario, trajectory, before, trigger, chain, None, ledger)
+    safe: ReflectionRound | None = None
+    try:
+        for c in range(cfg.candidates):
+            rounds, safe = await (started[c] if started else attempt(c))
+            chain.extend(rounds)
+            if safe is not None:
+                break
+    finally:
+        for task in started:
+            task.cancel()
+        await asyncio.gather(*started, return_exceptions=True)
+    return _row(sid, scenario, trajectory, before, trigger, chain, safe, ledger)
 
 
 def _row(
