@@ -6,16 +6,22 @@ laptop), so the calls of all shards on all nodes land in one continuously batchi
 engine. Without Ray (the thread runner) it lives in this process on its own event
 loop thread. Either way a task gets an `EngineClient`, which is itself a `ChatModel`,
 so the core stages never know where the engine runs.
+
+A caller that stops waiting (its task cancelled: a safe-action candidate made moot by
+an earlier one) has its requests withdrawn: the engine cancels them, so vLLM aborts them
+and the transformers decode loop drops their rows, instead of computing what nobody reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import itertools
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -106,27 +112,66 @@ def _actor_class():
 
                 torch.set_num_threads(int(spec.options.get("cpu_threads") or os.cpu_count() or 1))
             self.model = build_model(spec)
+            self._batches: dict[str, list[asyncio.Future[Completion]]] = {}
+            self._early: dict[str, list[int]] = {}  # withdrawals that came before their batch
+            self.withdrawn = 0
             settle_heap()
 
-        async def complete(self, packed: PackedRequests) -> PackedCompletions:
-            return pack_completions(await self.model.complete(unpack_requests(packed)))
+        async def complete(self, packed: PackedRequests, batch: str = "") -> PackedCompletions:
+            """The batch's completions, all in one reply (an engine that finishes them together)."""
+            futures = self._start(packed, batch)
+            try:
+                await asyncio.wait(futures)
+                return pack_completions([_settled(f) for f in futures])
+            finally:
+                self._end(futures, batch)
 
-        async def complete_stream(self, packed: PackedRequests) -> AsyncIterator[tuple[list[int], PackedCompletions]]:
+        async def complete_stream(
+            self, packed: PackedRequests, batch: str = ""
+        ) -> AsyncIterator[tuple[list[int], PackedCompletions]]:
             """The batch's completions as they finish (a Ray streaming generator): chunks of
             (positions in the batch, their packed completions), one chunk per finishing moment."""
-            futures = self.model.complete_each(unpack_requests(packed))
+            futures = self._start(packed, batch)
             pending = {future: i for i, future in enumerate(futures)}
             try:
                 while pending:
                     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     finished = sorted((f for f in pending if f.done()), key=pending.__getitem__)
-                    yield [pending.pop(f) for f in finished], pack_completions([f.result() for f in finished])
+                    yield [pending.pop(f) for f in finished], pack_completions([_settled(f) for f in finished])
             finally:
-                for task in pending:
-                    task.cancel()
+                self._end(futures, batch)
+
+        def _start(self, packed: PackedRequests, batch: str) -> list[asyncio.Future[Completion]]:
+            futures = self.model.complete_each(unpack_requests(packed))
+            if batch:
+                self._batches[batch] = futures
+                for position in self._early.pop(batch, ()):
+                    self._withdraw_one(futures, position)
+            return futures
+
+        def _end(self, futures: list[asyncio.Future[Completion]], batch: str) -> None:
+            self._batches.pop(batch, None)
+            for future in futures:
+                future.cancel()
+
+        async def withdraw(self, batch: str, positions: list[int]) -> None:
+            """The caller no longer wants these requests of `batch`: the engine stops them
+            (their place in the reply says "withdrawn")."""
+            futures = self._batches.get(batch)
+            if futures is None:  # not started yet, or already answered
+                self._early[batch] = positions
+                while len(self._early) > _EARLY_WITHDRAWALS:
+                    self._early.pop(next(iter(self._early)))
+                return
+            for position in positions:
+                self._withdraw_one(futures, position)
+
+        def _withdraw_one(self, futures: list[asyncio.Future[Completion]], position: int) -> None:
+            if futures[position].cancel():
+                self.withdrawn += 1
 
         async def stats(self) -> dict[str, int]:
-            return model_stats(self.model)
+            return {**model_stats(self.model), "withdrawn": self.withdrawn}
 
         async def streams(self) -> bool:
             return self.model.streams
@@ -138,6 +183,17 @@ def _actor_class():
             await self.model.aclose()
 
     return EngineActor
+
+
+_EARLY_WITHDRAWALS = 10_000
+"""Withdrawals an engine keeps for batches it has not seen (Ray may start an async actor's
+calls out of order); one for a batch already answered is never claimed, so the oldest go."""
+_WITHDRAWN = Completion(error="withdrawn: the caller cancelled it")
+
+
+def _settled(future: asyncio.Future[Completion]) -> Completion:
+    """A finished request's completion; one withdrawn (cancelled) says so."""
+    return _WITHDRAWN if future.cancelled() else future.result()
 
 
 _COUNTERS = ("hits", "misses", "batches_run", "peak_in_flight", "call_count")
@@ -215,12 +271,14 @@ class EngineClient(ChatModel):
             return
         try:
             actor = self._actors[next(self._next)]
+            key = uuid.uuid4().hex
+            self._withdraw_when_cancelled(actor, key, batch, owner)
             if self._streams is None:
                 self._streams = await actor.streams.remote()
             if self._streams:
-                chunks = (await ref async for ref in actor.complete_stream.remote(pack_requests(flat)))
+                chunks = (await ref async for ref in actor.complete_stream.remote(pack_requests(flat), key))
             else:  # all finish together: one reply costs less than a stream
-                chunks = _one_chunk(actor.complete.remote(pack_requests(flat)), len(flat))
+                chunks = _one_chunk(actor.complete.remote(pack_requests(flat), key), len(flat))
             async for positions, packed in chunks:
                 for position, completion in zip(positions, unpack_completions(packed), strict=True):
                     c, k = owner[position]
@@ -237,6 +295,26 @@ class EngineClient(ChatModel):
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+    async def drain(self) -> None:
+        """Wait until every batch sent has been answered in full (withdrawn requests included)."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
+
+    @staticmethod
+    def _withdraw_when_cancelled(actor, key: str, batch: list, owner: list[tuple[int, int]]) -> None:
+        """A caller that stops waiting (cancelled: a safe-action candidate made moot) has its
+        requests withdrawn from the engine, which then stops computing them."""
+        positions: dict[int, list[int]] = {}
+        for position, (c, _) in enumerate(owner):
+            positions.setdefault(c, []).append(position)
+
+        def withdraw(c: int, future: asyncio.Future) -> None:
+            if future.cancelled():
+                actor.withdraw.remote(key, positions[c])
+
+        for c, (_, future) in enumerate(batch):
+            future.add_done_callback(functools.partial(withdraw, c))
 
     async def stats(self) -> dict[str, int]:
         """The engine's counters, summed over its replicas."""

@@ -100,6 +100,28 @@ def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, monkeypatch: p
     assert rows_per_pass == [4, 4, 3, 2, 2, *[1] * 15]
 
 
+def test_a_row_no_longer_wanted_leaves_the_batch_and_the_others_are_unchanged(
+    model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = reference(model)
+    rows_per_pass: list[int] = []
+    forward = model.forward
+
+    def counting(**kwargs):
+        rows_per_pass.append(kwargs["input_ids"].shape[0])
+        return forward(**kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    ids, mask = left_padded(PROMPTS, PAD)
+    # Row 2 (budget 20) is withdrawn once it has made 4 tokens, as a cancelled caller's row is.
+    got = decode(model, ids, mask, BUDGETS, [STOP], PAD, [StopAfter(STOPS_AT, ids.shape[1])],
+                 wanted=lambda i: i != 2 or len(rows_per_pass) < 4)  # fmt: skip
+    assert got[2] == full[2][:4]
+    assert [got[i] for i in (0, 1, 3)] == [full[i] for i in (0, 1, 3)]
+    # Row 2 leaves with row 1 after the third pass and row 0 alone runs on to its stop.
+    assert rows_per_pass == [4, 4, 3, 2, 1]
+
+
 def test_an_empty_batch_decodes_nothing(model: LlamaForCausalLM) -> None:
     ids, mask = left_padded([[5, 6]], PAD)
     assert decode(model, ids[:0], mask[:0], [], [STOP], PAD) == []

@@ -10,7 +10,7 @@ import ray
 
 from autosafe_core.llm.base import ChatRequest, Message
 from autosafe_core.llm.registry import ModelSpec
-from tasks.engines import EngineClient, engines
+from tasks.engines import EngineClient, engine_stats, engines
 
 RESPONDER = "tests.support.schema_responder:respond"
 SLOW_S = 30.0
@@ -54,6 +54,58 @@ def test_a_fast_caller_resumes_before_the_slow_request_of_its_batch_is_done(loca
         fast_completions, slow_pending = asyncio.run(scenario())
     assert len(fast_completions) == 2 and all(c.error is None and c.text for c in fast_completions)
     assert slow_pending
+
+
+@pytest.mark.parametrize("delays", [{"slow": SLOW_S}, {}], ids=["streamed", "one-reply"])
+def test_a_caller_that_gives_up_has_its_requests_withdrawn_from_the_engine(local_ray, delays) -> None:
+    # Streamed: a slow request batched with a fast one. One reply: an engine that finishes a
+    # batch together (as the CPU backend does), the slow caller alone in its batch.
+    options = {"delays": delays} if delays else {"delay_s": SLOW_S}
+    with engines({"agent": spec(**options)}, "ray") as refs:
+        client = EngineClient(refs["agent"])
+
+        async def scenario() -> list:
+            slow = asyncio.ensure_future(client.complete([request("a slow one")]))
+            fast = asyncio.ensure_future(client.complete([request("quick")] if delays else []))
+            done = await fast
+            slow.cancel()
+            # The engine's reply ends only once the slow request is withdrawn: SLOW_S otherwise.
+            await asyncio.wait_for(client.drain(), SLOW_S / 2)
+            return done
+
+        done = asyncio.run(scenario())
+        (stats,) = engine_stats(refs).values()
+    assert all(c.ok for c in done)
+    assert stats["withdrawn"] == 1
+
+
+def test_a_withdrawal_that_arrives_before_its_batch_still_withdraws(local_ray) -> None:
+    from tasks.wire import pack_requests, unpack_completions
+
+    with engines({"agent": spec(delays={"slow": SLOW_S})}, "ray") as refs:
+        actor = ray.get_actor(refs["agent"].actor_names[0], namespace="autosafe")
+        ray.get(actor.withdraw.remote("batch-1", [0]))
+        packed = pack_requests([request("a slow one"), request("quick")])
+        chunks = [ray.get(ref) for ref in actor.complete_stream.remote(packed, "batch-1")]
+    by_position = {p: c for positions, packed in chunks for p, c in zip(positions, unpack_completions(packed))}
+    assert by_position[0].error is not None and by_position[0].error.startswith("withdrawn")
+    assert by_position[1].ok
+
+
+def test_replicas_take_the_batches_in_turn_and_their_counters_add_up(local_ray) -> None:
+    # One replica per GPU on a GPU node: the pool's only spreading is this round-robin.
+    with engines({"agent": spec()}, "ray", replicas=2) as refs:
+        names = refs["agent"].actor_names
+        client = EngineClient(refs["agent"])
+
+        async def scenario() -> list[list]:
+            return [await client.complete([request(f"q{i}"), request(f"r{i}")]) for i in range(6)]
+
+        answers = asyncio.run(scenario())
+        per_replica = [ray.get(ray.get_actor(n, namespace="autosafe").stats.remote())["call_count"] for n in names]
+        (total,) = engine_stats(refs).values()
+    assert len(set(names)) == 2 and all(len(a) == 2 and all(c.ok for c in a) for a in answers)
+    assert per_replica == [6, 6] and total["call_count"] == 12
 
 
 def test_every_caller_gets_its_own_completions_in_order(local_ray) -> None:

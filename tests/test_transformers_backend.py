@@ -8,6 +8,7 @@ shows the embedded default answers chat requests with schema-valid JSON.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -137,6 +138,38 @@ async def test_a_failed_forward_pass_is_reported_in_each_completion_and_the_work
     monkeypatch.undo()
     (recovered,) = await tiny.complete([ask("c", schema=False, max_tokens=2)])
     assert recovered.ok
+
+
+async def test_a_cancelled_request_leaves_the_batch_while_the_others_finish(
+    tiny: TransformersChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long, short = tiny.complete_each(
+        [ask("a", schema=False, max_tokens=200, ignore_eos=True), ask("b", schema=False, max_tokens=6, ignore_eos=True)]
+    )
+    loop, cancelled = asyncio.get_running_loop(), threading.Event()
+    long.add_done_callback(lambda _: cancelled.set())
+    rows_per_pass: list[int] = []
+    forward = tiny.model.forward
+
+    def counting(**kwargs):
+        rows_per_pass.append(kwargs["input_ids"].shape[0])
+        if len(rows_per_pass) == 3:  # the caller gives up on the long one during the third pass
+            loop.call_soon_threadsafe(long.cancel)
+            assert cancelled.wait(30)
+        return forward(**kwargs)
+
+    monkeypatch.setattr(tiny.model, "forward", counting)
+    done = await short
+    assert long.cancelled() and tiny.withdrawn == 1
+    assert (done.completion_tokens, done.finish_reason) == (6, "length")
+    assert rows_per_pass == [2, 2, 2, 1, 1, 1]  # not 200 passes: the long row left after its third token
+
+
+async def test_a_request_cancelled_before_its_batch_starts_is_never_decoded(tiny: TransformersChatModel) -> None:
+    dropped, kept = tiny.complete_each([ask("a", schema=False, max_tokens=50), ask("b", schema=False, max_tokens=3)])
+    dropped.cancel()  # within the batch window (300 ms): the batch is not gathered yet
+    assert (await kept).ok
+    assert (tiny.rows_run, tiny.withdrawn) == (1, 1)
 
 
 async def test_an_uncompilable_schema_fails_only_its_own_request(tiny: TransformersChatModel) -> None:

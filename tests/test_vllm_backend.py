@@ -166,6 +166,22 @@ async def test_a_bad_schema_fails_only_its_own_request(engine) -> None:
     assert fine.ok
 
 
+@needs_vllm
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_cancelled_request_is_aborted_in_the_engine(engine) -> None:
+    # What the engine pool does when a caller gives up (a safe-action candidate made moot).
+    long, short = engine.complete_each(
+        [ask("Hello", schema=False, max_tokens=1500, ignore_eos=True), ask("Hi", schema=False, max_tokens=4)]
+    )
+    assert (await short).ok
+    assert not long.done()
+    long.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long
+    # The request's task ends only after vLLM's abort: nothing of it is left to compute.
+    assert engine.engine.output_processor.get_num_unfinished_requests() == 0
+
+
 class _StatsEngine:
     """Only what the stats loop touches of an `AsyncLLM`: a test double for its logic."""
 

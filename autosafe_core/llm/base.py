@@ -91,24 +91,33 @@ class ChatModel(ABC):
 
     def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
         """One future per request, each done when its own completion is (the engine pool streams
-        them back as they finish). By default they all finish with one `complete` call; an
-        engine that finishes requests at different times (vLLM) resolves each on its own."""
+        them back as they finish). Cancelling one withdraws its request where the engine can
+        (vLLM aborts it, the transformers decode loop drops its row); here, by default, they
+        all finish with one `complete` call, which is cancelled once every one of them is."""
         whole = asyncio.ensure_future(self.complete(requests))
         loop = asyncio.get_running_loop()
         each: list[asyncio.Future[Completion]] = [loop.create_future() for _ in requests]
 
         def settle(done: asyncio.Future[list[Completion]]) -> None:
+            waiting = [(i, f) for i, f in enumerate(each) if not f.done()]
             if done.cancelled():
-                for f in each:
+                for _, f in waiting:
                     f.cancel()
             elif done.exception() is not None:
-                for f in each:
+                for _, f in waiting:
                     f.set_exception(done.exception())
             else:
-                for f, completion in zip(each, done.result(), strict=True):
-                    f.set_result(completion)
+                completions = done.result()
+                for i, f in waiting:
+                    f.set_result(completions[i])
+
+        def withdraw(_: asyncio.Future[Completion]) -> None:
+            if not whole.done() and all(f.cancelled() for f in each):
+                whole.cancel()
 
         whole.add_done_callback(settle)
+        for f in each:
+            f.add_done_callback(withdraw)
         return each
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook

@@ -66,9 +66,8 @@ class CachedChatModel(ChatModel):
         return self.inner.streams
 
     def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
-        """Hits at once; each miss when the inner model finishes it (stored then)."""
-        if not self.inner.streams:
-            return super().complete_each(requests)
+        """Hits at once; each miss when the inner model finishes it (stored then). Cancelling a
+        miss's future withdraws it from the inner model."""
         keys, results, missing = self._split(requests)
         fresh = dict(zip(missing, self.inner.complete_each([requests[i] for i in missing]), strict=True))
         loop = asyncio.get_running_loop()

@@ -11,6 +11,9 @@ cache is dropped and later steps run only the rows still going.
 Tokens are chosen as `generate(do_sample=False)` chooses them with the same logits
 processors: the processors see the whole batch (a finished row as padding), then the
 argmax of each row's processed scores is its token.
+
+A row whose caller no longer wants it (`wanted(i)` false: a cancelled request) leaves
+the batch at the next step as a finished row does, its tokens so far returned.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ def decode(
     stop_ids: Sequence[int],
     pad_id: int,
     processors: Sequence[Processor] = (),
+    wanted: Callable[[int], bool] | None = None,
 ) -> list[list[int]]:
     """The tokens each row generates: up to and including its first stop token, at most
-    `budgets[i]` of them. `input_ids` and `attention` are left-padded, on the CPU."""
+    `budgets[i]` of them, or until `wanted(i)` turns false. `input_ids` and `attention` are
+    left-padded, on the CPU."""
     rows = input_ids.shape[0]
     device = model.device
     stops = torch.tensor(list(stop_ids))
@@ -77,6 +82,8 @@ def decode(
         for i in live.tolist():
             out[i].append(int(chosen[i]))
         finished = torch.isin(chosen[live], stops) | (step + 1 >= budget[live])
+        if wanted is not None:
+            finished |= torch.tensor([not wanted(i) for i in live.tolist()], dtype=torch.bool)
         if bool(finished.all()):
             break
         if bool(finished.any()):

@@ -98,6 +98,7 @@ class TransformersChatModel(ChatModel):
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.batches_run = 0
         self.rows_run = 0
+        self.withdrawn = 0  # requests cancelled by their callers before or while decoding
         self.stop_ids = _stop_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.grammars = SchemaGrammars(tokenizer, model.config.vocab_size, self.stop_ids)
@@ -143,15 +144,21 @@ class TransformersChatModel(ChatModel):
         )
 
     async def complete(self, requests: list[ChatRequest]) -> list[Completion]:
-        if self._closed:
-            return [self._failed("model is closed") for _ in requests]
+        return list(await asyncio.gather(*self.complete_each(requests)))
+
+    def complete_each(self, requests: list[ChatRequest]) -> list[asyncio.Future[Completion]]:
+        """One future per request; cancelling one withdraws its request: dropped if not yet
+        decoding, else its row leaves the batch at the next step."""
         loop = asyncio.get_running_loop()
-        futures = []
+        futures: list[asyncio.Future[Completion]] = []
         for request in requests:
             future: asyncio.Future[Completion] = loop.create_future()
-            self._queue.put(_Job(request, future, loop))
+            if self._closed:
+                future.set_result(self._failed("model is closed"))
+            else:
+                self._queue.put(_Job(request, future, loop))
             futures.append(future)
-        return list(await asyncio.gather(*futures))
+        return futures
 
     async def aclose(self) -> None:
         if self._closed:
@@ -168,7 +175,9 @@ class TransformersChatModel(ChatModel):
             if first is _STOP:
                 break
             jobs, stop = self._gather(first)
-            jobs = [job for job in jobs if not job.future.cancelled()]
+            wanted = [job for job in jobs if not job.future.cancelled()]
+            self.withdrawn += len(jobs) - len(wanted)
+            jobs = wanted
             try:
                 completions = self._run_batch(jobs) if jobs else []
             except Exception as exc:  # a bug here must not leave callers waiting forever
@@ -237,9 +246,21 @@ class TransformersChatModel(ChatModel):
 
     def _generate(self, rows: list[_Row]) -> None:
         input_ids, attention, budgets, mask, sampler = self.batch_inputs(rows)
-        generated = decode(self.model, input_ids, attention, budgets, self.stop_ids, self.pad_id, [mask, sampler])
+        dropped: set[int] = set()
+
+        def wanted(i: int) -> bool:
+            # Read from this worker thread: a future's state is one attribute, set on its loop.
+            if rows[i].job.future.cancelled():
+                dropped.add(i)
+                return False
+            return True
+
+        generated = decode(
+            self.model, input_ids, attention, budgets, self.stop_ids, self.pad_id, [mask, sampler], wanted
+        )
         self.batches_run += 1
         self.rows_run += len(rows)
+        self.withdrawn += len(dropped)
         stops = set(self.stop_ids)
         for i, row in enumerate(rows):
             tokens = generated[i]
