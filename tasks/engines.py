@@ -121,7 +121,8 @@ def _actor_class():
             """The batch's completions, all in one reply (an engine that finishes them together)."""
             futures = self._start(packed, batch)
             try:
-                await asyncio.wait(futures)
+                if futures:
+                    await asyncio.wait(futures)
                 return pack_completions([_settled(f) for f in futures])
             finally:
                 self._end(futures, batch)
@@ -159,7 +160,7 @@ def _actor_class():
             (their place in the reply says "withdrawn")."""
             futures = self._batches.get(batch)
             if futures is None:  # not started yet, or already answered
-                self._early[batch] = positions
+                self._early.setdefault(batch, []).extend(positions)
                 while len(self._early) > _EARLY_WITHDRAWALS:
                     self._early.pop(next(iter(self._early)))
                 return

@@ -84,12 +84,15 @@ def test_a_withdrawal_that_arrives_before_its_batch_still_withdraws(local_ray) -
 
     with engines({"agent": spec(delays={"slow": SLOW_S})}, "ray") as refs:
         actor = ray.get_actor(refs["agent"].actor_names[0], namespace="autosafe")
-        ray.get(actor.withdraw.remote("batch-1", [0]))
-        packed = pack_requests([request("a slow one"), request("quick")])
+        # Two callers of one batch give up before it starts: both withdrawals hold.
+        ray.get([actor.withdraw.remote("batch-1", [0]), actor.withdraw.remote("batch-1", [2])])
+        packed = pack_requests([request("a slow one"), request("quick"), request("another slow one")])
         chunks = [ray.get(ref) for ref in actor.complete_stream.remote(packed, "batch-1")]
+        empty = ray.get(actor.complete.remote(pack_requests([]), "batch-2"))
     by_position = {p: c for positions, packed in chunks for p, c in zip(positions, unpack_completions(packed))}
-    assert by_position[0].error is not None and by_position[0].error.startswith("withdrawn")
+    assert [by_position[p].error.startswith("withdrawn") for p in (0, 2)] == [True, True]
     assert by_position[1].ok
+    assert unpack_completions(empty) == []
 
 
 def test_replicas_take_the_batches_in_turn_and_their_counters_add_up(local_ray) -> None:
