@@ -137,3 +137,22 @@ async def test_the_three_stages_run_on_the_real_model(smollm2: ChatModel) -> Non
         f"rejections {len(generated.rejections)}+{len(rolled.rejections)}+{len(sampled.rejections)}, "
         f"usage {generated.usage + rolled.usage + sampled.usage}"
     )
+
+
+@pytest.mark.timeout(300)
+async def test_the_simulator_writes_an_observation_on_the_real_model(smollm2: ChatModel) -> None:
+    # The tiny judge flags most first actions (and the tiny agent answers the rest), so the
+    # quickstart's rollouts end at step 0 and never ask the simulator: it is asked here.
+    import json
+
+    from autosafe_core.roles import simulator
+    from autosafe_core.roles.toolbox import Toolbox
+
+    box = Toolbox.of(CATALOG, ["Terminal"])
+    action = Action(tool="TerminalExecute", tool_input={"command": "du -sh ~/*"})
+    result = await simulator.simulate(smollm2, WRITTEN[0], [], action, box)
+    assert result.ok, result.reason
+    assert result.usage.calls == 1 and result.usage.completion_tokens > 0
+    observation = json.loads(result.value.observation_text())
+    assert isinstance(observation, dict) and observation
+    print(f"simulated observation: {result.value.observation_text()[:200]}")
