@@ -5,6 +5,7 @@ transformers + peft loop doing the same work.
     python bench/finetune_gpu.py                  # the GPU machine (nvidia-h200-x2): all three, ~6 minutes
     python bench/finetune_gpu.py --variants zero2 --micro-batch 8 --checkpointing on   # one variant, other settings
     python bench/finetune_gpu.py --micro-batch auto --checkpointing auto   # the entry point's own defaults
+    python bench/finetune_gpu.py --gpus 1 --variants zero2 --compile-layers --out X.json   # compiled layers, one GPU
     python bench/finetune_gpu.py --tiny           # here: a tiny llama on 2 CPU processes (gloo), to keep it working
 
 Nothing is downloaded: the model is llama-2-7B's shape with random weights built from its config
@@ -164,7 +165,7 @@ def run_entry_point(
         max_seq_length=args.seq, micro_batch_size=args.micro_batch, gradient_accumulation_steps=args.accumulation,
         max_steps=args.warmup + args.steps, learning_rate=1e-4, warmup_ratio=0.0, save_steps=10**6,
         gradient_checkpointing={"on": True, "off": False}.get(args.checkpointing, "auto"), shuffle_buffer=64,
-        processes=args.gpus,
+        processes=args.gpus, compile_layers=args.compile_layers,
     )  # fmt: skip
     ds_config = deepspeed_config(stage)
     ds_config["zero_optimization"].update(args.zero_override)
@@ -332,6 +333,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=("on", "off", "auto"), default="off", help="Gradient checkpointing.")
     parser.add_argument("--warmup", type=int, default=3, help="Steps not timed.")
     parser.add_argument("--steps", type=int, default=10, help="Timed steps.")
+    parser.add_argument("--compile-layers", action="store_true", help="torch.compile each decoder layer (entry-point variants).")
     parser.add_argument("--zero-override", action="append", default=[], metavar="KEY=JSON",
                         help="Set zero_optimization.KEY in the shipped configs for this run (repeatable), "
                         "e.g. stage3_module_granularity_threshold=3000000.")  # fmt: skip
@@ -394,6 +396,7 @@ def main() -> None:
                   "vocab": config["vocab_size"], "weights": "random, from the config (load_format dummy)"},  # fmt: skip
         "settings": {"seq": args.seq, "micro_batch": args.micro_batch, "accumulation": args.accumulation,
                      "lora_rank": args.rank, "lora_targets": "all-linear", "gradient_checkpointing": args.checkpointing,
+                     "compile_layers": args.compile_layers,
                      "precision": "bf16" if info["kind"] == "cuda" else "fp32", "optimizer": "torch AdamW (fused on CUDA)",
                      "deepspeed_configs": "infra/deepspeed/zero2.json, zero3.json", "zero_override": args.zero_override,
                      "plain_peft": "bf16 base, peft's default float32 adapter weights, torch AdamW (fused), no DeepSpeed",

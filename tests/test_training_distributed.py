@@ -159,3 +159,19 @@ def test_full_fine_tuning_in_one_bare_process_saves_a_model_that_loads(workspace
     assert AutoTokenizer.from_pretrained(result["model"]).chat_template
     changed = [name for name, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[name])]
     assert any("mlp" in name for name in changed) and any("embed_tokens" in name for name in changed)
+
+
+def test_compiled_layers_learn_what_eager_layers_learn(workspace):
+    losses, logs = {}, {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        job = job_file(workspace, name, "zero2", max_steps=3, micro_batch_size=4, compile_layers=compiled)
+        logs[name] = launch([sys.executable, "-m", "autosafe_core.training.train"], job).stdout
+        losses[name] = [r["loss"] for r in metrics(workspace / name)]
+    assert "compiled 2 decoder layers" in logs["compiled"] and "compiled" not in logs["eager"]
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert losses["compiled"][-1] < losses["compiled"][0]
+
+
+def test_compiled_layers_are_refused_with_zero3(workspace):
+    with pytest.raises(ValueError, match="compile_layers: not with ZeRO-3"):
+        job_file(workspace, "refused", "zero3", compile_layers=True)

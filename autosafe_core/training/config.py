@@ -80,6 +80,11 @@ class TrainingConfig(BaseModel):
         description="Recompute activations in the backward pass (a third more compute). auto: off on a CPU; "
         "on a GPU only when the job's estimated peak memory without it would not fit (training/memory.py).",
     )
+    compile_layers: bool = Field(
+        False,
+        description="torch.compile each decoder layer (regional compilation: one compiled block serves every "
+        "layer, its elementwise work fused into fewer kernels); the first step pays the compile. ZeRO-0 to 2.",
+    )
     save_steps: int = Field(200, ge=1, description="Checkpoint every this many optimizer steps, and at the end.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage (the newest).")
     general_data: str | None = Field(
@@ -129,7 +134,7 @@ class TrainingConfig(BaseModel):
 
     def content(self) -> dict[str, Any]:
         """The settings that decide what is learned (not how many processes learn it)."""
-        return self.model_dump(mode="json", exclude={"processes", "launcher"})
+        return self.model_dump(mode="json", exclude={"processes", "launcher", "compile_layers"})
 
 
 class TrainJob(BaseModel):
@@ -152,6 +157,12 @@ class TrainJob(BaseModel):
     def _one_source(self) -> TrainJob:
         if (self.data_run is None) == (self.data_uri is None):
             raise ValueError("give exactly one of data_run and data_uri")
+        return self
+
+    @model_validator(mode="after")
+    def _compile_not_with_zero3(self) -> TrainJob:
+        if self.training.compile_layers and self.zero_stage == 3:
+            raise ValueError("training.compile_layers: not with ZeRO-3 (it gathers each layer's weights in module hooks); use zero2")
         return self
 
     @field_validator("deepspeed_config")

@@ -309,7 +309,22 @@ def _model(
             for param in model.parameters():
                 if param.requires_grad and not hasattr(param, "ds_id"):
                     param.data = param.data.to(device=device, dtype=dtype)
+    if t.compile_layers:
+        _log(f"compiled {compile_layers(model)} decoder layers")
     return model, keep_alive
+
+
+def compile_layers(model: Any) -> int:
+    """torch.compile each decoder layer in place (the classes the model's `_no_split_modules`
+    names); the layers share one compiled graph, their weights its inputs. How many."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [m for m in base.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise ValueError(f"training.compile_layers: {type(base).__name__} names no decoder layer class to compile")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def _engine(job: TrainJob, model: Any, ds_config: dict[str, Any], steps: int) -> Any:
