@@ -84,15 +84,21 @@ def test_the_tokens_are_generates_and_each_row_ends_at_its_stop_or_budget(model:
     assert got[0][-1] == STOP and got[3][-1] == STOP and STOP not in got[1] + got[2]
 
 
-def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    rows_per_pass: list[int] = []
+@pytest.fixture
+def rows_per_pass(model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each forward pass the model makes from here on (the test's own passes)."""
+    rows: list[int] = []
     forward = model.forward
 
     def counting(**kwargs):
-        rows_per_pass.append(kwargs["input_ids"].shape[0])
+        rows.append(kwargs["input_ids"].shape[0])
         return forward(**kwargs)
 
     monkeypatch.setattr(model, "forward", counting)
+    return rows
+
+
+def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, rows_per_pass: list[int]) -> None:
     ids, mask = left_padded(PROMPTS, PAD)
     decode(model, ids, mask, BUDGETS, [STOP], PAD, [StopAfter(STOPS_AT, ids.shape[1])])
     # One pass per token of the longest row: all 4 rows until row 3 stops (token 2), then
@@ -101,17 +107,10 @@ def test_a_finished_row_leaves_the_batch(model: LlamaForCausalLM, monkeypatch: p
 
 
 def test_a_row_no_longer_wanted_leaves_the_batch_and_the_others_are_unchanged(
-    model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch
+    model: LlamaForCausalLM, rows_per_pass: list[int]
 ) -> None:
     full = reference(model)
-    rows_per_pass: list[int] = []
-    forward = model.forward
-
-    def counting(**kwargs):
-        rows_per_pass.append(kwargs["input_ids"].shape[0])
-        return forward(**kwargs)
-
-    monkeypatch.setattr(model, "forward", counting)
+    rows_per_pass.clear()  # the reference's passes
     ids, mask = left_padded(PROMPTS, PAD)
     # Row 2 (budget 20) is withdrawn once it has made 4 tokens, as a cancelled caller's row is.
     got = decode(model, ids, mask, BUDGETS, [STOP], PAD, [StopAfter(STOPS_AT, ids.shape[1])],
